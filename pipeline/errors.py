@@ -1,0 +1,67 @@
+"""The one exception tree of the pipeline; "retryable" is a type, not a string match.
+
+PipelineError
+├── ConfigError          bad YAML, unknown/missing/wrong-typed key, unset ${VAR}
+├── InputError           unreadable input, missing template column, bad template
+├── OutputError          the output or the store cannot be written
+├── LockError            another run holds the store
+└── RequestError         one request failed (recorded on its row)
+    ├── RetryableError   429, 5xx, timeouts, dropped connections, truncated bodies
+    │   └── RateLimited  429, with the server's Retry-After when it sent one
+    └── FatalRequestError  any other 4xx: never retried
+        └── AuthError    401 / 403 / 404: the key, the model or the URL is wrong
+"""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base of every error the pipeline raises on purpose."""
+
+
+class ConfigError(PipelineError):
+    """The config cannot be used as written."""
+
+
+class InputError(PipelineError):
+    """The input table or the template over it cannot be used."""
+
+
+class OutputError(PipelineError):
+    """The output file or the store cannot be written."""
+
+
+class LockError(PipelineError):
+    """Another run holds the store."""
+
+
+class RequestError(PipelineError):
+    """One chat request failed; `status` is the HTTP status when there was one."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RetryableError(RequestError):
+    """A failure that may pass on a later attempt."""
+
+
+class RateLimited(RetryableError):
+    """The server answered 429; `retry_after` is its advice in seconds, if any."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message, status=429)
+        self.retry_after = retry_after
+
+
+class FatalRequestError(RequestError):
+    """A 4xx answer that a retry cannot fix."""
+
+
+class AuthError(FatalRequestError):
+    """401/403/404: wrong key, unknown model or wrong base URL."""
+
+
+class RunStopped(PipelineError):
+    """The run stopped sending early (auth failures, budget); answered rows are kept."""

@@ -1,0 +1,36 @@
+"""Small frozen records that the stages hand to each other."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# Row statuses, as they appear in the output's `_status` column and the store.
+OK = "ok"
+FAILED = "failed"
+SKIPPED = "skipped"
+PENDING = "pending"
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One rendered chat-completions request and its store key."""
+
+    key: str
+    body: dict[str, Any]
+    est_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What came back for one request, as the store keeps it."""
+
+    key: str
+    status: str
+    answer: str | None = None
+    raw: str | None = None
+    error: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    attempts: int = 0
+    retries: int = field(default=0, compare=False)

@@ -1,0 +1,118 @@
+"""Sender stage: a `Request` -> a `Result`, through the limiter, the client and retries.
+
+Here a row's failure is recorded, never raised: this is the per-row boundary. Three
+consecutive 401/403/404 answers stop the whole run, since no later row can succeed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from .client import ChatClient, Completion
+from .config import Config
+from .errors import AuthError, FatalRequestError, RateLimited, RetryableError
+from .limiter import Limiter
+from .records import FAILED, OK, PENDING, Request, Result
+from .retry import policy
+
+log = logging.getLogger(__name__)
+
+AUTH_STOP_AFTER = 3
+
+
+@dataclass
+class Counters:
+    """What this run spent; read by the progress display and the summary."""
+
+    requests_sent: int = 0
+    retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class _Stopped(Exception):
+    """Raised inside a retry loop when the run stopped sending."""
+
+
+class Sender:
+    """Sends requests for one run; `stop_reason` is set once the run must stop sending."""
+
+    def __init__(self, config: Config, client: ChatClient, limiter: Limiter) -> None:
+        self._config = config
+        self._client = client
+        self._limiter = limiter
+        self.counters = Counters()
+        self.stop_reason: str | None = None
+        self._auth_failures = 0
+
+    def stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            log.error("stopping: %s", reason)
+
+    async def send(self, request: Request) -> Result:
+        """The row's result: answered, failed (with the error) or pending (run stopped)."""
+        attempts = 0
+        try:
+            async for attempt in policy(self._config.run.max_retries):
+                with attempt:
+                    attempts += 1
+                    if self.stop_reason is not None:
+                        raise _Stopped
+                    if attempts > 1:
+                        self.counters.retries += 1
+                    completion = await self._attempt(request)
+        except _Stopped:
+            return Result(request.key, PENDING, attempts=attempts - 1)
+        except AuthError as exc:
+            self._auth_failures += 1
+            if self._auth_failures >= AUTH_STOP_AFTER:
+                self.stop(self._auth_advice(exc))
+            return Result(request.key, FAILED, error=str(exc), attempts=attempts)
+        except FatalRequestError as exc:
+            self._auth_failures = 0
+            return Result(request.key, FAILED, error=str(exc), attempts=attempts)
+        except RetryableError as exc:
+            error = f"{exc} (gave up after {attempts} attempts)"
+            return Result(request.key, FAILED, error=error, attempts=attempts)
+        except Exception as exc:  # the per-row boundary: record, never swallow
+            log.exception("unexpected error on request %s", request.key)
+            error = f"{type(exc).__name__}: {exc}"
+            return Result(request.key, FAILED, error=error, attempts=attempts)
+        self._auth_failures = 0
+        return Result(
+            request.key,
+            OK,
+            answer=completion.content,
+            raw=completion.raw,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            attempts=attempts,
+        )
+
+    async def _attempt(self, request: Request) -> Completion:
+        await self._limiter.acquire(request.est_tokens)
+        if self.stop_reason is not None:
+            raise _Stopped
+        self.counters.requests_sent += 1
+        try:
+            completion = await self._client.complete(request.body)
+        except RateLimited as exc:
+            self._limiter.rate_limited_by_server(exc.retry_after)
+            raise
+        used = completion.prompt_tokens + completion.completion_tokens
+        self._limiter.settle(request.est_tokens, used)
+        self.counters.prompt_tokens += completion.prompt_tokens
+        self.counters.completion_tokens += completion.completion_tokens
+        return completion
+
+    def _auth_advice(self, exc: AuthError) -> str:
+        model = self._config.model
+        if exc.status == 401:
+            hint = f"the API key was rejected: check the variable {model.api_key_env}"
+        elif exc.status == 403:
+            hint = f"the API key may not use model '{model.name}': check {model.api_key_env}"
+        else:
+            hint = f"check model.name '{model.name}' and model.base_url '{model.base_url}'"
+        return f"{AUTH_STOP_AFTER} requests in a row answered {exc}; {hint}"

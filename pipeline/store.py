@@ -1,0 +1,184 @@
+"""Store stage: request key -> stored result, in SQLite (WAL), queryable with `sqlite3`.
+
+The store keeps the raw response apart from the answer, so a parser change costs no
+request. Writes go through `Writer`, which commits everything finished in one event-loop
+tick as one transaction: a worker moves on only once its answer is on disk, so a kill -9
+repeats at most the requests that were in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import IO
+
+from .errors import LockError, OutputError
+from .records import Result
+
+_COLUMNS = "key, status, answer, raw, error, prompt_tokens, completion_tokens, attempts, updated_at"
+
+
+def _m001_responses(db: sqlite3.Connection) -> None:
+    db.execute(
+        """CREATE TABLE responses (
+            key TEXT PRIMARY KEY,
+            status TEXT NOT NULL,
+            answer TEXT,
+            raw TEXT,
+            error TEXT,
+            prompt_tokens INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            updated_at REAL NOT NULL
+        ) WITHOUT ROWID"""
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m001_responses]
+
+
+class Store:
+    """The checkpoint and cache of one job."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._migrate()
+        except (OSError, sqlite3.Error) as exc:
+            raise OutputError(f"cannot open store {path}: {exc}") from exc
+
+    def _migrate(self) -> None:
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
+            self._db.execute("BEGIN IMMEDIATE")
+            migration(self._db)
+            self._db.execute(f"PRAGMA user_version={number}")
+            self._db.execute("COMMIT")
+
+    def lookup(self, keys: Iterable[str]) -> dict[str, Result]:
+        """The stored results among `keys`."""
+        found: dict[str, Result] = {}
+        batch: list[str] = []
+        for key in keys:
+            batch.append(key)
+            if len(batch) == 500:
+                self._lookup_batch(batch, found)
+                batch = []
+        if batch:
+            self._lookup_batch(batch, found)
+        return found
+
+    def _lookup_batch(self, keys: list[str], found: dict[str, Result]) -> None:
+        marks = ",".join("?" * len(keys))
+        query = f"SELECT {_COLUMNS} FROM responses WHERE key IN ({marks})"
+        for row in self._db.execute(query, keys):
+            found[row[0]] = Result(*row[:8])
+
+    def put_many(self, results: list[Result]) -> None:
+        """Insert or replace `results` in one transaction."""
+        now = time.time()
+        rows = [
+            (
+                r.key,
+                r.status,
+                r.answer,
+                r.raw,
+                r.error,
+                r.prompt_tokens,
+                r.completion_tokens,
+                r.attempts,
+                now,
+            )
+            for r in results
+        ]
+        try:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                f"INSERT OR REPLACE INTO responses ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", rows
+            )
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise OutputError(f"cannot write store {self.path}: {exc}") from exc
+
+    def counts(self) -> dict[str, int]:
+        """Stored requests by status."""
+        query = "SELECT status, count(*) FROM responses GROUP BY status"
+        return {status: n for status, n in self._db.execute(query)}
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class Writer:
+    """Batches results from many workers into one commit per event-loop tick."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._pending: list[Result] = []
+        self._flushed: asyncio.Future[None] | None = None
+
+    async def put(self, result: Result) -> None:
+        """Queue `result` and wait until it is committed."""
+        self._pending.append(result)
+        if self._flushed is None:
+            loop = asyncio.get_running_loop()
+            self._flushed = loop.create_future()
+            loop.call_soon(self._flush)
+        await asyncio.shield(self._flushed)
+
+    def _flush(self) -> None:
+        flushed, self._flushed = self._flushed, None
+        pending, self._pending = self._pending, []
+        assert flushed is not None
+        try:
+            self._store.put_many(pending)
+        except OutputError as exc:
+            flushed.set_exception(exc)
+        else:
+            flushed.set_result(None)
+
+
+class Lock:
+    """An exclusive lock beside the store; the OS frees it if the run is killed."""
+
+    def __init__(self, store_path: Path) -> None:
+        self.path = store_path.with_name(store_path.name + ".lock")
+        self._file: IO[str] | None = None
+
+    def __enter__(self) -> Lock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = self.path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise LockError(
+                f"another run ({holder}) is using the store {self.path.with_suffix('')}; "
+                "wait for it to finish"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        self._file = handle
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
