@@ -183,7 +183,7 @@ def _describe(exc: ValidationError, lines: Lines) -> str:
 def _resolve_paths(config: Config, base: Path) -> Config:
     def resolve(p: Path) -> Path:
         p = p.expanduser()
-        return p if p.is_absolute() else base / p
+        return p if p.is_absolute() else Path(os.path.normpath(base / p))
 
     updates: dict[str, Any] = {
         "input": config.input.model_copy(update={"path": resolve(config.input.path)}),

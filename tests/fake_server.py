@@ -1,0 +1,460 @@
+"""A scriptable OpenAI-compatible HTTP server on 127.0.0.1 for end-to-end tests.
+
+It runs in a background thread of the test process; the CLI under test runs as a subprocess
+and talks to it over real HTTP. Tests script failures per prompt (`script`) or for every
+request (`always`) and inspect what arrived (`requests`, `headers`).
+
+Run `python tests/fake_server.py --port N [--latency S]` to serve in the foreground.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+Action = str | int
+Answer = Callable[[dict[str, Any]], str]
+
+DEFAULT_MODELS: list[dict[str, Any]] = [
+    {
+        "id": "fake-model",
+        "object": "model",
+        "pricing": {
+            "method": "per_token",
+            "input_cost_per_token": 1e-07,
+            "output_cost_per_token": 4e-07,
+        },
+        "request_schema": {
+            "type": "object",
+            "properties": {
+                "temperature": {"type": "number", "maximum": 2},
+                "max_tokens": {"type": "integer"},
+                "top_p": {"type": "number"},
+                "seed": {"type": "integer"},
+                "response_format": {"type": "object"},
+            },
+        },
+    }
+]
+
+_STATUS_ACTIONS = {"200", "400", "401", "403", "404", "429", "500", "503"}
+_OTHER_ACTIONS = {"drop", "truncate", "nochoices"}
+_RETRY_AFTER = "429:retry-after="
+
+
+def _oxen_error(kind: str, title: str, detail: str) -> dict[str, Any]:
+    return {
+        "error": {"type": kind, "title": title, "detail": detail},
+        "status": "error",
+        "status_message": kind,
+    }
+
+
+def _check_action(action: Action) -> str:
+    """Normalise an action to its string form; raise ValueError for an unknown one."""
+    text = str(action).strip()
+    if text in _STATUS_ACTIONS or text in _OTHER_ACTIONS:
+        return text
+    if text.startswith(_RETRY_AFTER) and text[len(_RETRY_AFTER) :]:
+        return text
+    raise ValueError(
+        f"unknown fake-server action {action!r}: use one of "
+        f"{sorted(_STATUS_ACTIONS | _OTHER_ACTIONS)} or '429:retry-after=SECONDS'"
+    )
+
+
+def content_text(content: Any) -> str:
+    """The text of a message content: a string, or the text parts of a list joined."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            str(part.get("text", ""))
+            for part in content
+            if isinstance(part, dict) and part.get("type", "text") == "text"
+        )
+    return ""
+
+
+def last_content(body: dict[str, Any]) -> str:
+    """The text of the last message of a chat request body ("" if there is none)."""
+    messages = body.get("messages")
+    if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
+        return content_text(messages[-1].get("content"))
+    return ""
+
+
+def echo(body: dict[str, Any]) -> str:
+    """The default answer: "echo: " + the last message's text."""
+    return "echo: " + last_content(body)
+
+
+class FakeServer:
+    """An OpenAI-compatible chat-completions server whose failures tests script."""
+
+    def __init__(
+        self,
+        *,
+        answer: Answer | None = None,
+        latency: float = 0.0,
+        models: list[dict[str, Any]] | None = None,
+        port: int = 0,
+    ) -> None:
+        self.answer: Answer = answer or echo
+        self.latency = latency
+        self.models: list[dict[str, Any]] = copy.deepcopy(
+            DEFAULT_MODELS if models is None else models
+        )
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self._port = port
+        self._always: str | None = None
+        self._always_as_set: str | int | None = None
+        self._scripts: list[tuple[str, list[str]]] = []
+        self._lock = threading.Lock()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._serial = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> FakeServer:
+        """Bind 127.0.0.1 (an OS-chosen port unless `port` was given) and serve in a thread."""
+        if self._server is not None:
+            raise RuntimeError("FakeServer is already started")
+        server = _Server(("127.0.0.1", self._port), _Handler)
+        server.fake = self
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.01},
+            name=f"fake-server-{server.server_address[1]}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, close the listening socket and hang up on open keep-alive connections."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        server.close_connections()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> FakeServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        """The port the server listens on (valid after start)."""
+        if self._server is None:
+            raise RuntimeError("FakeServer is not started: call start() or use `with`")
+        return int(self._server.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI-style base URL, e.g. http://127.0.0.1:PORT/v1 (valid after start)."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    # -- scripting -------------------------------------------------------------------------
+
+    @property
+    def always(self) -> str | int | None:
+        """An action every chat request gets while set (scripts are neither used nor consumed)."""
+        return self._always_as_set
+
+    @always.setter
+    def always(self, action: str | int | None) -> None:
+        checked = None if action is None else _check_action(action)
+        with self._lock:
+            self._always, self._always_as_set = checked, action
+
+    def script(self, match: str, actions: list[str | int]) -> None:
+        """Give the next len(actions) requests whose last message contains `match` these actions.
+
+        Scripts are consulted in the order they were added; a request uses the first one that
+        matches and still has actions left. Unscripted requests get a normal 200 answer.
+        """
+        checked = [_check_action(action) for action in actions]
+        if checked:
+            with self._lock:
+                self._scripts.append((match, checked))
+
+    @property
+    def count(self) -> int:
+        """How many chat requests have arrived."""
+        with self._lock:
+            return len(self.requests)
+
+    def count_matching(self, match: str) -> int:
+        """How many chat requests have arrived whose last message contains `match`."""
+        with self._lock:
+            return sum(match in last_content(body) for body in self.requests)
+
+    # -- request handling (called from handler threads) ------------------------------------
+
+    def _record(self, body: dict[str, Any], headers: dict[str, str]) -> tuple[str, int]:
+        """Record a chat request and pick its action; returns (action, serial number)."""
+        text = last_content(body)
+        with self._lock:
+            self.requests.append(body)
+            self.headers.append(headers)
+            self._serial += 1
+            if self._always is not None:
+                return self._always, self._serial
+            for match, actions in self._scripts:
+                if actions and match in text:
+                    return actions.pop(0), self._serial
+            return "200", self._serial
+
+    def _completion(self, body: dict[str, Any], serial: int) -> dict[str, Any]:
+        answer = self.answer(body)
+        messages = body.get("messages")
+        chars = 0
+        if isinstance(messages, list):
+            chars = sum(
+                len(content_text(m.get("content"))) for m in messages if isinstance(m, dict)
+            )
+        prompt_tokens = max(1, chars // 4)
+        completion_tokens = max(1, len(answer) // 4)
+        return {
+            "id": f"chatcmpl-fake-{serial}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model"),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": answer},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+
+
+class _Server(ThreadingHTTPServer):
+    """ThreadingHTTPServer that knows its FakeServer and its open connections."""
+
+    daemon_threads = True
+    request_queue_size = 1024  # the default backlog of 5 drops connects under concurrency
+    fake: FakeServer
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+
+    def track(self, conn: socket.socket, *, add: bool) -> None:
+        with self._connections_lock:
+            if add:
+                self._connections.add(conn)
+            else:
+                self._connections.discard(conn)
+
+    def close_connections(self) -> None:
+        """Shut down open connections so their handler threads see EOF and end."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Stay quiet about clients that hang up; report anything else."""
+        if isinstance(sys.exception(), OSError):
+            return
+        super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are two writes: avoid a 40 ms stall
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.track(self.connection, add=True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.track(self.connection, add=False)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silence the default per-request logging."""
+
+    # -- routing ---------------------------------------------------------------------------
+
+    def do_GET(self) -> None:
+        path = urlsplit(self.path).path.rstrip("/")
+        models = self.server.fake.models
+        if path == "/v1/models":
+            self._send_json(200, {"object": "list", "data": models})
+            return
+        if path.startswith("/v1/models/"):
+            model_id = unquote(path[len("/v1/models/") :])
+            for model in models:
+                if model.get("id") == model_id:
+                    self._send_json(200, model)
+                    return
+            self._send_model_not_found(model_id)
+            return
+        self._send_not_found()
+
+    def do_POST(self) -> None:
+        body_bytes = self._read_body()
+        path = urlsplit(self.path).path.rstrip("/")
+        if path != "/v1/chat/completions":
+            self._send_not_found()
+            return
+        try:
+            body = json.loads(body_bytes)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            self._send_json(400, {"error": {"message": f"invalid JSON body: {exc}"}})
+            return
+        if not isinstance(body, dict):
+            self._send_json(400, {"error": {"message": "the JSON body must be an object"}})
+            return
+        fake = self.server.fake
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        action, serial = fake._record(body, headers)
+        if fake.latency > 0:
+            time.sleep(fake.latency)
+        self._act(action, body, serial)
+
+    # -- actions ---------------------------------------------------------------------------
+
+    def _act(self, action: str, body: dict[str, Any], serial: int) -> None:
+        model = str(body.get("model", ""))
+        if action == "200":
+            self._send_answer(body, serial)
+        elif action == "429" or action.startswith(_RETRY_AFTER):
+            extra = {}
+            if action.startswith(_RETRY_AFTER):
+                extra["Retry-After"] = action[len(_RETRY_AFTER) :]
+            error = {
+                "message": "Rate limit reached",
+                "type": "requests",
+                "code": "rate_limit_exceeded",
+            }
+            self._send_json(429, {"error": error}, extra)
+        elif action in ("500", "503"):
+            self._send_json(int(action), {"error": {"message": "upstream failure"}})
+        elif action == "401":
+            payload = _oxen_error("unauthenticated", "Unauthenticated", "Invalid API key")
+            self._send_json(401, payload)
+        elif action == "403":
+            self._send_json(403, {"error": {"message": "Forbidden: key lacks access"}})
+        elif action == "404":
+            self._send_model_not_found(model)
+        elif action == "400":
+            payload = _oxen_error("invalid_params", "Invalid Params", "temperature must be <= 2")
+            self._send_json(400, payload)
+        elif action == "drop":
+            self.close_connection = True
+        elif action == "truncate":
+            full = json.dumps(self.server.fake._completion(body, serial)).encode()
+            self._send_bytes(200, full[: len(full) // 2])
+        elif action == "nochoices":
+            self._send_json(200, {"id": "x", "object": "chat.completion"})
+        else:  # pragma: no cover - actions are checked when scripted
+            raise AssertionError(f"unhandled action {action!r}")
+
+    def _send_answer(self, body: dict[str, Any], serial: int) -> None:
+        try:
+            payload = self.server.fake._completion(body, serial)
+        except Exception as exc:  # a broken test callback must show, not hang the client
+            message = f"fake server answer() raised {type(exc).__name__}: {exc}"
+            self._send_json(500, {"error": {"message": message}})
+            return
+        self._send_json(200, payload)
+
+    # -- wire helpers ----------------------------------------------------------------------
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            chunks: list[bytes] = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _send_not_found(self) -> None:
+        detail = f"No route for {self.command} {urlsplit(self.path).path}"
+        self._send_json(404, _oxen_error("resource_not_found", "Not Found", detail))
+
+    def _send_model_not_found(self, model: str) -> None:
+        detail = f"Model '{model}' not found"
+        self._send_json(404, _oxen_error("resource_not_found", "Not Found", detail))
+
+    def _send_json(
+        self, status: int, payload: Any, extra_headers: dict[str, str] | None = None
+    ) -> None:
+        self._send_bytes(status, json.dumps(payload).encode(), extra_headers)
+
+    def _send_bytes(
+        self, status: int, data: bytes, extra_headers: dict[str, str] | None = None
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (extra_headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve in the foreground until interrupted."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--port", type=int, default=8787, help="port (0: any free port)")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
+    args = parser.parse_args(argv)
+    server = FakeServer(latency=args.latency, port=args.port).start()
+    print(f"fake server listening on {server.base_url}", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
