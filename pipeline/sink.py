@@ -30,6 +30,8 @@ class Sink:
         self._parquet: pq.ParquetWriter | None = None
         self._schema: pa.Schema | None = None
         self.rows = 0
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed run
+            stale.unlink(missing_ok=True)
 
     def write(self, frame: pl.DataFrame) -> None:
         """Append one chunk."""

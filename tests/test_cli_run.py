@@ -149,16 +149,19 @@ def test_missing_template_column_is_a_clear_error_and_sends_nothing(
     assert not (tmp_path / "out/answers.parquet").exists()
 
 
+BASE = "input: {path: in.csv}\nprompt: {template: x}\noutput: {path: o.csv}\n"
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
         ("input: {path: in.csv\n", "invalid YAML"),
         (
-            "input: {path: in.csv}\nprompt: {template: x}\noutput: {path: o.csv}\nrun: {concurency: 2}\n",
+            BASE + "run: {concurency: 2}\n",
             "unknown key 'run.concurency' (line 4)",
         ),
         (
-            "input: {path: in.csv}\nprompt: {template: x}\noutput: {path: o.csv}\nrun:\n  timeout_s: soon\n",
+            BASE + "run:\n  timeout_s: soon\n",
             "'run.timeout_s' (line 5)",
         ),
         ("input: {path: in.csv}\noutput: {path: o.csv}\n", "missing required key 'prompt'"),
