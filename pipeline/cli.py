@@ -1,8 +1,4 @@
-"""The `pipeline` command: parses arguments, calls the library, sets the exit code.
-
-Exit codes: 0 every row answered (or skipped), 1 some rows failed, 2 config, input or
-output error, 3 stopped early (auth failures), 4 another run holds the store, 130 Ctrl-C.
-"""
+"""The `pipeline` command: parses arguments, calls the library, sets the exit code."""
 
 from __future__ import annotations
 
@@ -10,26 +6,29 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from . import __version__
-from .config import Config, load
-from .errors import ConfigError, InputError, LockError, OutputError, PipelineError
+from .config import DEFAULT_BASE_URL, DEFAULT_KEY_ENV, Config, load
+from .errors import LockError, PipelineError, RunStopped
+from .models import Catalog, CatalogUnavailable, check_params, model_id, preflight, price
 from .plan import make_plan
 from .progress import Progress
-from .runner import run
-from .summary import summary_path
-
-EXIT_OK, EXIT_FAILED_ROWS, EXIT_USAGE, EXIT_STOPPED, EXIT_LOCKED = 0, 1, 2, 3, 4
+from .runner import api_key, run
+from .summary import EXIT_LOCKED, EXIT_OK, EXIT_STOPPED, EXIT_USAGE, summary_path
 
 EPILOG = """exit codes:
-  0  every row answered (or skipped)
-  1  some rows failed (rerun to retry them)
+  0  every row answered (or skipped), or failures within run.fail_threshold
+  1  some rows failed or gave invalid answers (rerun to retry them)
   2  config, input or output error: nothing was sent
-  3  stopped early (e.g. the API key or model was rejected); answered rows are kept
+  3  stopped early (key or model rejected, budget reached); answered rows are kept
   4  another run is using the same store
 """
+
+Handler = Callable[[argparse.Namespace], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pipeline {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, help: str) -> argparse.ArgumentParser:
+    def command(name: str, help: str, handler: Handler) -> argparse.ArgumentParser:
         sub = commands.add_parser(
             name,
             help=help,
@@ -50,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
             epilog=EPILOG,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
+        sub.set_defaults(handler=handler)
         sub.add_argument("config", help="the job's YAML config file")
         sub.add_argument(
             "--set",
@@ -62,15 +62,44 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("-v", "--verbose", action="store_true", help="log debug details")
         return sub
 
-    sub = command("run", "send one request per row and write the output")
+    sub = command("run", "send one request per row and write the output", cmd_run)
     sub.add_argument("--limit", type=int, metavar="N", help="only the first N rows")
     sub.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
-    sub = command("preview", "render the first requests and estimate the run; send nothing")
+    sub = command(
+        "preview", "render the first requests, estimate tokens and cost; send nothing", cmd_preview
+    )
     sub.add_argument("-n", type=int, default=3, metavar="N", help="requests to show (default 3)")
     sub.add_argument("--limit", type=int, metavar="N", help="only the first N rows")
-    command("validate", "check the config, the input and the template; send nothing")
-    sub = command("status", "count done, failed and pending rows from the store")
+    command(
+        "validate",
+        "check config, input, template, model and params; send no chat request",
+        cmd_validate,
+    )
+    sub = command("status", "count done, failed and pending rows from the store", cmd_status)
     sub.add_argument("--limit", type=int, metavar="N", help="only the first N rows")
+    sub = command(
+        "reparse",
+        "rewrite the output from the store with the current parse settings; send nothing",
+        cmd_reparse,
+    )
+    sub.add_argument("--limit", type=int, metavar="N", help="only the first N rows")
+
+    models = commands.add_parser("models", help="list or show the models an endpoint serves")
+    which = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    for name, help, handler in (
+        ("list", "list the endpoint's models", cmd_models_list),
+        ("show", "show one model object (pricing, request schema)", cmd_models_show),
+    ):
+        sub = which.add_parser(name, help=help, description=help)
+        sub.set_defaults(handler=handler)
+        if name == "show":
+            sub.add_argument("model_id", help="the model's id")
+        else:
+            sub.add_argument("--search", metavar="TEXT", help="only ids containing TEXT")
+        sub.add_argument("--config", metavar="CONFIG", help="take base_url and key from a config")
+        sub.add_argument("--base-url", metavar="URL", help=f"default {DEFAULT_BASE_URL}")
+        sub.add_argument("--api-key-env", metavar="VAR", help=f"default {DEFAULT_KEY_ENV}")
+        sub.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     return parser
 
 
@@ -86,14 +115,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for noisy in ("httpx", "httpcore", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        config = load(args.config, args.overrides)
-        return int(COMMANDS[args.command](config, args))
+        return int(args.handler(args))
     except LockError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_LOCKED
-    except (ConfigError, InputError, OutputError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    except RunStopped as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        return EXIT_STOPPED
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -102,59 +130,157 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def cmd_run(config: Config, args: argparse.Namespace) -> int:
-    progress = Progress(enabled=not args.no_progress)
-    summary = asyncio.run(run(config, limit=args.limit, progress=progress))
+def _config(args: argparse.Namespace) -> Config:
+    return load(args.config, args.overrides)
+
+
+def _report_run(config: Config, offline: bool, args: argparse.Namespace) -> int:
+    progress = Progress(enabled=not getattr(args, "no_progress", False))
+    summary = asyncio.run(run(config, limit=args.limit, progress=progress, offline=offline))
     print(summary.to_json())
     if summary.stopped:
         print(f"stopped early: {summary.stopped}", file=sys.stderr)
-    elif summary.failed:
+    elif summary.failed or summary.invalid:
         print(
-            f"{summary.failed} rows failed; their errors are in the store "
-            f"({config.store_path}); rerun to retry them",
+            f"{summary.failed} rows failed, {summary.invalid} answers invalid; the errors are "
+            f"in the output's _error column and the store {config.store_path}; "
+            "rerun to retry failed rows",
             file=sys.stderr,
         )
+    if summary.pending and offline:
+        print(f"{summary.pending} rows have no answer in the store yet", file=sys.stderr)
     print(f"wrote {config.output.path} and {summary_path(config.output.path)}", file=sys.stderr)
     return summary.exit_code
 
 
-def cmd_preview(config: Config, args: argparse.Namespace) -> int:
+def cmd_run(args: argparse.Namespace) -> int:
+    return _report_run(_config(args), False, args)
+
+
+def cmd_reparse(args: argparse.Namespace) -> int:
+    return _report_run(_config(args), True, args)
+
+
+def _cost(config: Config, prompt: int, completion: int, found: dict[str, Any] | None) -> Any:
+    known = price(config.model, found)
+    return None if known is None else round(known.cost(prompt, completion), 6)
+
+
+def _lookup_model(config: Config) -> dict[str, Any] | None:
+    """The model object, when the endpoint serves one and answers (used for prices)."""
+    if config.model.pricing is not None:
+        return None
+    catalog = Catalog(config.model.base_url, api_key_or_none(config))
+    try:
+        return preflight(catalog, config.model.name).model
+    finally:
+        catalog.close()
+
+
+def api_key_or_none(config: Config) -> str | None:
+    try:
+        return api_key(config)
+    except PipelineError:
+        return None
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    config = _config(args)
     plan = make_plan(config, limit=args.limit, show=args.n)
+    found = _lookup_model(config)
+    cost = _cost(config, plan.to_send_prompt_tokens, plan.to_send_completion_tokens, found)
     report = {
         "requests": plan.first,
         "rows": plan.rows,
         "skipped": plan.skipped,
         "unique_requests": plan.unique_requests,
         "already_answered": plan.done,
+        "to_send": plan.to_send,
         "estimated_tokens": plan.estimated_tokens,
-        "estimated_tokens_to_send": plan.estimated_tokens_to_send,
+        "estimated_prompt_tokens_to_send": plan.to_send_prompt_tokens,
+        "max_completion_tokens_to_send": plan.to_send_completion_tokens,
+        "estimated_cost_usd": cost if cost is not None else "unknown (no pricing)",
         "url": config.model.base_url.rstrip("/") + "/chat/completions",
     }
     print(json.dumps(report, indent=2, ensure_ascii=False))
     return EXIT_OK
 
 
-def cmd_validate(config: Config, args: argparse.Namespace) -> int:
+def cmd_validate(args: argparse.Namespace) -> int:
+    config = _config(args)
     plan = make_plan(config, show=0)
     print(
         f"ok: {plan.rows} rows, {plan.unique_requests} unique requests, "
         f"{plan.skipped} skipped; output {config.output.path}, store {config.store_path}"
     )
+    catalog = Catalog(config.model.base_url, api_key_or_none(config))
+    try:
+        checked = preflight(catalog, config.model.name)
+    finally:
+        catalog.close()
+    if checked.error:
+        raise RunStopped(checked.error)
+    if checked.note:
+        print(f"model: {checked.note}")
+    if checked.model is not None:
+        problems = check_params(dict(config.model.params), checked.model)
+        if problems:
+            raise PipelineError("; ".join(problems))
+        print(f"model: '{config.model.name}' is served and accepts model.params")
     return EXIT_OK
 
 
-def cmd_status(config: Config, args: argparse.Namespace) -> int:
+def cmd_status(args: argparse.Namespace) -> int:
+    config = _config(args)
     plan = make_plan(config, limit=args.limit, show=0)
     report = {
         "rows": plan.rows,
         "done": plan.done,
         "failed": plan.failed,
         "pending": plan.pending,
-        "skipped": plan.skipped,
+        "skipped": plan.skipped + plan.row_errors,
         "store": str(config.store_path),
     }
     print(json.dumps(report, indent=2))
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "preview": cmd_preview, "validate": cmd_validate, "status": cmd_status}
+def _catalog(args: argparse.Namespace) -> Catalog:
+    base_url, key_env = DEFAULT_BASE_URL, DEFAULT_KEY_ENV
+    if args.config:
+        config = load(args.config)
+        base_url, key_env = config.model.base_url, config.model.api_key_env
+    base_url = args.base_url or base_url
+    key_env = args.api_key_env or key_env
+    return Catalog(base_url, os.environ.get(key_env) or None)
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    catalog = _catalog(args)
+    try:
+        models = catalog.list()
+    except CatalogUnavailable as exc:
+        raise PipelineError(f"cannot list models: {exc}") from None
+    finally:
+        catalog.close()
+    if models is None:
+        raise PipelineError("the endpoint serves no model list (GET /models answered 404)")
+    for item in models:
+        name = model_id(item)
+        if not args.search or args.search.lower() in name.lower():
+            print(name)
+    return EXIT_OK
+
+
+def cmd_models_show(args: argparse.Namespace) -> int:
+    catalog = _catalog(args)
+    try:
+        found = catalog.show(args.model_id)
+    except CatalogUnavailable as exc:
+        raise PipelineError(f"cannot read model '{args.model_id}': {exc}") from None
+    finally:
+        catalog.close()
+    if found is None:
+        raise RunStopped(f"the endpoint has no model '{args.model_id}'")
+    print(json.dumps(found, indent=2, ensure_ascii=False))
+    return EXIT_OK

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import math
 import time
 from dataclasses import dataclass
 from types import TracebackType
@@ -34,7 +35,7 @@ def error_detail(status: int, text: str) -> str:
     """The human part of an error body, in any of the shapes Oxen and OpenAI send."""
     try:
         body = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         body = None
     if isinstance(body, dict):
         error = body.get("error")
@@ -57,9 +58,11 @@ def retry_after(headers: httpx.Headers, now: float | None = None) -> float | Non
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -71,7 +74,7 @@ def parse_completion(status: int, text: str, headers: httpx.Headers) -> Completi
     """Check a 200 body and take the answer out of it; a malformed body is retryable."""
     try:
         body = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise RetryableError(
             f"HTTP {status} with a truncated or non-JSON body", status=status
         ) from None
@@ -80,11 +83,12 @@ def parse_completion(status: int, text: str, headers: httpx.Headers) -> Completi
         raise RetryableError(f"HTTP {status} without choices in the body", status=status)
     message = choices[0].get("message") or {}
     content = message.get("content") if isinstance(message, dict) else None
-    usage = body.get("usage") or {}
+    usage = body.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
     return Completion(
         content=content if isinstance(content, str) else "",
-        prompt_tokens=int(usage.get("prompt_tokens") or 0),
-        completion_tokens=int(usage.get("completion_tokens") or 0),
+        prompt_tokens=_count(usage.get("prompt_tokens")),
+        completion_tokens=_count(usage.get("completion_tokens")),
         raw=text,
         headers=headers,
     )
@@ -151,11 +155,15 @@ class ChatClient:
             text = response.text
         except httpx.TimeoutException as exc:
             raise RetryableError(f"timed out: {type(exc).__name__}") from None
-        except httpx.TransportError as exc:
+        except (httpx.TransportError, httpx.DecodingError) as exc:
             raise RetryableError(f"connection failed: {_describe(exc)}") from None
         if response.status_code != 200:
             raise_for_status(response.status_code, text, response.headers)
         return parse_completion(response.status_code, text, response.headers)
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and 0 <= value < 2**62 else 0
 
 
 def _describe(exc: Exception) -> str:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
 
@@ -37,6 +37,12 @@ class PromptConfig(_Strict):
     system: str | None = None
     template: str
     skip_null: list[str] = Field(default_factory=list)
+    images: list[str] = Field(default_factory=list)
+
+
+class Pricing(_Strict):
+    input_per_million: float = Field(ge=0)
+    output_per_million: float = Field(ge=0)
 
 
 class ModelConfig(_Strict):
@@ -44,12 +50,31 @@ class ModelConfig(_Strict):
     name: str = DEFAULT_MODEL
     api_key_env: str = DEFAULT_KEY_ENV
     params: dict[str, Any] = Field(default_factory=dict)
+    structured_output: Literal["json_schema", "json_object", "none"] = "json_schema"
+    pricing: Pricing | None = None
+    preflight: bool = True
 
 
 class OutputConfig(_Strict):
     path: Path
     column: str = "answer"
     include_meta: bool = False
+    parse: Literal["text", "label", "json"] = "text"
+    labels: list[str] | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    retry_invalid: int = Field(default=0, ge=0, le=10)
+
+    @model_validator(mode="after")
+    def _parse_needs(self) -> OutputConfig:
+        if self.parse == "label" and not self.labels:
+            raise ValueError("parse: label needs output.labels, the list of allowed labels")
+        if self.parse == "json":
+            properties = (self.schema_ or {}).get("properties")
+            if not isinstance(properties, dict) or not properties:
+                raise ValueError(
+                    "parse: json needs output.schema, a JSON Schema object with properties"
+                )
+        return self
 
 
 class RunConfig(_Strict):
@@ -60,6 +85,8 @@ class RunConfig(_Strict):
     timeout_s: float = Field(default=60, gt=0)
     store: Path | None = None
     chunk_rows: int = Field(default=20_000, ge=1)
+    max_cost_usd: float | None = Field(default=None, gt=0)
+    fail_threshold: float = Field(default=0.0, ge=0, le=1)
 
 
 class Config(_Strict):
@@ -82,6 +109,8 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"cannot read config {path}: not UTF-8 text ({exc.reason})") from None
     try:
         node = yaml.compose(text)
         data = yaml.safe_load(text)

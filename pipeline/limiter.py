@@ -56,7 +56,7 @@ class Limiter:
         self._sleep = sleep
         self.factor = 1.0
         self.paused_until = 0.0
-        self._last_change = 0.0
+        self._last_change = float("-inf")
         self.rate_limited = 0
 
     async def acquire(self, tokens: int) -> None:
@@ -93,6 +93,9 @@ class Limiter:
             self._last_change = now
 
     def _recover(self, now: float) -> None:
-        if self.factor < 1.0 and now - self._last_change >= RECOVERY_S:
-            self.factor = min(1.0, self.factor + RECOVERY_STEP)
-            self._last_change = now
+        if self.factor >= 1.0:
+            return
+        steps = int((now - self._last_change) // RECOVERY_S)
+        if steps > 0:
+            self.factor = min(1.0, self.factor + steps * RECOVERY_STEP)
+            self._last_change += steps * RECOVERY_S

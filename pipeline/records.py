@@ -10,6 +10,7 @@ OK = "ok"
 FAILED = "failed"
 SKIPPED = "skipped"
 PENDING = "pending"
+INVALID = "invalid"  # answered, but the answer did not parse (output only)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,20 +6,36 @@ identical request is sent once and a changed template or parameter asks anew.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import mimetypes
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import jinja2
 import jinja2.meta
 
-from .config import ModelConfig, PromptConfig
+from .config import ModelConfig, OutputConfig, PromptConfig
 from .errors import InputError
+from .parse import response_format
 from .records import Request
 
 KEY_VERSION = "r1"
 DEFAULT_RESERVE = 256  # completion tokens reserved when params set no max_tokens
+IMAGE_TOKENS = 1000  # a rough per-image budget for the token estimate
+
+
+class RowError(Exception):
+    """This row cannot be rendered (a missing image file); recorded on the row."""
+
+
+class Labels(list[str]):
+    """The allowed labels; `{{ labels }}` renders them comma-separated."""
+
+    def __str__(self) -> str:
+        return ", ".join(self)
 
 
 def request_key(model: str, messages: list[dict[str, Any]], params: Mapping[str, Any]) -> str:
@@ -33,18 +49,45 @@ def request_key(model: str, messages: list[dict[str, Any]], params: Mapping[str,
     return f"{KEY_VERSION}:{hashlib.sha256(canonical.encode()).hexdigest()}"
 
 
+def reask_key(key: str, attempt: int) -> str:
+    """The key of the `attempt`-th re-ask of a request whose answer did not parse."""
+    return f"{key}~{attempt}" if attempt else key
+
+
 def estimate_tokens(text_chars: int, params: Mapping[str, Any]) -> int:
     """Prompt tokens guessed at 4 characters each, plus the completion budget."""
     reserve = params.get("max_tokens") or params.get("max_completion_tokens") or DEFAULT_RESERVE
     return text_chars // 4 + 1 + int(reserve)
 
 
+def image_url(value: str, base: Path) -> str:
+    """An http(s) or data URL as is; a local file as a base64 `data:` URL."""
+    if value.startswith(("http://", "https://", "data:")):
+        return value
+    path = Path(value).expanduser()
+    path = path if path.is_absolute() else base / path
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise RowError(f"image file {path} cannot be read: {exc.strerror or exc}") from None
+    mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
 class Renderer:
     """Turns rows into requests; checks the template against the columns up front."""
 
-    def __init__(self, prompt: PromptConfig, model: ModelConfig, columns: Iterable[str]) -> None:
+    def __init__(
+        self,
+        prompt: PromptConfig,
+        model: ModelConfig,
+        columns: Iterable[str],
+        output: OutputConfig | None = None,
+        image_base: Path = Path(),
+    ) -> None:
         env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
         columns = list(columns)
+        self._labels = Labels(output.labels or []) if output is not None else Labels()
         try:
             self._template = env.from_string(prompt.template)
             self._system = env.from_string(prompt.system) if prompt.system else None
@@ -53,31 +96,54 @@ class Renderer:
                 used |= jinja2.meta.find_undeclared_variables(env.parse(prompt.system))
         except jinja2.TemplateSyntaxError as exc:
             raise InputError(f"prompt template, line {exc.lineno}: {exc.message}") from None
+        if self._labels and "labels" not in columns:
+            used.discard("labels")
         self.variables = sorted(used)
-        for name in [*self.variables, *prompt.skip_null]:
+        for name in [*self.variables, *prompt.skip_null, *prompt.images]:
             if name not in columns:
-                where = "prompt.skip_null" if name in prompt.skip_null else "the prompt template"
+                where = (
+                    "prompt.skip_null"
+                    if name in prompt.skip_null
+                    else "prompt.images"
+                    if name in prompt.images
+                    else "the prompt template"
+                )
                 raise InputError(
                     f"{where} uses column '{name}', which the input does not have; "
                     f"its columns are: {', '.join(columns)}"
                 )
         self.skip_null = list(prompt.skip_null)
+        self.images = list(prompt.images)
+        self.columns = list(dict.fromkeys([*self.variables, *self.skip_null, *self.images]))
+        self._image_base = image_base
         self._model = model.name
         self._params = dict(model.params)
+        if output is not None:
+            fmt = response_format(output, model.structured_output)
+            if fmt is not None:
+                self._params.setdefault("response_format", fmt)
 
     def render(self, row: Mapping[str, Any]) -> Request | None:
         """The row's request, or None when `prompt.skip_null` says to skip it."""
         if any(row.get(name) is None for name in self.skip_null):
             return None
-        values = {name: "" if row.get(name) is None else row[name] for name in self.variables}
+        values: dict[str, Any] = {"labels": self._labels} if self._labels else {}
+        values.update({n: "" if row.get(n) is None else row[n] for n in self.variables})
         messages: list[dict[str, Any]] = []
         if self._system is not None:
             messages.append({"role": "system", "content": self._system.render(values)})
-        messages.append({"role": "user", "content": self._template.render(values)})
-        chars = sum(len(m["content"]) for m in messages)
+        text = self._template.render(values)
+        chars = len(text) + sum(len(m["content"]) for m in messages)
+        urls = [image_url(str(row[n]), self._image_base) for n in self.images if row.get(n)]
+        if urls:
+            parts: list[dict[str, Any]] = [{"type": "text", "text": text}]
+            parts += [{"type": "image_url", "image_url": {"url": url}} for url in urls]
+            messages.append({"role": "user", "content": parts})
+        else:
+            messages.append({"role": "user", "content": text})
         body = {"model": self._model, "messages": messages, **self._params}
         return Request(
             key=request_key(self._model, messages, self._params),
             body=body,
-            est_tokens=estimate_tokens(chars, self._params),
+            est_tokens=estimate_tokens(chars, self._params) + IMAGE_TOKENS * len(urls),
         )

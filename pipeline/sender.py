@@ -13,6 +13,7 @@ from .client import ChatClient, Completion
 from .config import Config
 from .errors import AuthError, FatalRequestError, RateLimited, RetryableError
 from .limiter import Limiter
+from .models import Price
 from .records import FAILED, OK, PENDING, Request, Result
 from .retry import policy
 
@@ -29,6 +30,7 @@ class Counters:
     retries: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cost_usd: float = 0.0
 
 
 class _Stopped(Exception):
@@ -38,10 +40,17 @@ class _Stopped(Exception):
 class Sender:
     """Sends requests for one run; `stop_reason` is set once the run must stop sending."""
 
-    def __init__(self, config: Config, client: ChatClient, limiter: Limiter) -> None:
+    def __init__(
+        self,
+        config: Config,
+        client: ChatClient | None,
+        limiter: Limiter,
+        price: Price | None = None,
+    ) -> None:
         self._config = config
         self._client = client
         self._limiter = limiter
+        self.price = price
         self.counters = Counters()
         self.stop_reason: str | None = None
         self._auth_failures = 0
@@ -95,6 +104,8 @@ class Sender:
         await self._limiter.acquire(request.est_tokens)
         if self.stop_reason is not None:
             raise _Stopped
+        if self._client is None:
+            raise _Stopped
         self.counters.requests_sent += 1
         try:
             completion = await self._client.complete(request.body)
@@ -105,6 +116,16 @@ class Sender:
         self._limiter.settle(request.est_tokens, used)
         self.counters.prompt_tokens += completion.prompt_tokens
         self.counters.completion_tokens += completion.completion_tokens
+        if self.price is not None:
+            self.counters.cost_usd += self.price.cost(
+                completion.prompt_tokens, completion.completion_tokens
+            )
+            budget = self._config.run.max_cost_usd
+            if budget is not None and self.counters.cost_usd >= budget:
+                self.stop(
+                    f"spent ${self.counters.cost_usd:.4f}, the budget run.max_cost_usd is "
+                    f"${budget:g}; rerun (with a higher budget) to continue"
+                )
         return completion
 
     def _auth_advice(self, exc: AuthError) -> str:

@@ -55,6 +55,9 @@ class Sink:
         except OSError as exc:
             self.abort()
             raise OutputError(f"cannot write output {self.path}: {exc.strerror or exc}") from exc
+        except (pl.exceptions.PolarsError, pa.ArrowException) as exc:
+            self.abort()
+            raise OutputError(f"cannot write output {self.path}: {exc}") from exc
         self.rows += frame.height
 
     def _write_parquet(self, frame: pl.DataFrame) -> None:
@@ -91,4 +94,5 @@ class Sink:
                     closer.close()
         self._parquet = None
         self._file = None
-        self._tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self._tmp.unlink(missing_ok=True)

@@ -107,7 +107,7 @@ class Store:
                 f"INSERT OR REPLACE INTO responses ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", rows
             )
             self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OverflowError, ValueError) as exc:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise OutputError(f"cannot write store {self.path}: {exc}") from exc
@@ -144,7 +144,7 @@ class Writer:
         assert flushed is not None
         try:
             self._store.put_many(pending)
-        except OutputError as exc:
+        except BaseException as exc:  # every waiting worker must hear of it
             flushed.set_exception(exc)
         else:
             flushed.set_result(None)
@@ -158,8 +158,11 @@ class Lock:
         self._file: IO[str] | None = None
 
     def __enter__(self) -> Lock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = self.path.open("a+")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle = self.path.open("a+")
+        except OSError as exc:
+            raise OutputError(f"cannot create the lock {self.path}: {exc.strerror or exc}") from exc
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -1,0 +1,70 @@
+"""Answer columns: per-row `Result`s -> the parsed answer column(s) and the meta columns.
+
+Rows whose answer does not parse get status `invalid`, a null answer and the reason in
+`_error`; the raw answer stays in the store.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+
+from .parse import Parser
+from .records import INVALID, OK, Result
+from .summary import Summary
+
+META_COLUMNS: dict[str, pl.DataType] = {
+    "_status": pl.String(),
+    "_error": pl.String(),
+    "_prompt_tokens": pl.Int64(),
+    "_completion_tokens": pl.Int64(),
+    "_attempts": pl.Int64(),
+}
+
+
+def output_columns(parser: Parser, include_meta: bool) -> list[str]:
+    """The names a run adds to the input's columns."""
+    return [*parser.columns, *(META_COLUMNS if include_meta else ())]
+
+
+def answer_columns(
+    frame: pl.DataFrame,
+    results: list[Result],
+    parser: Parser,
+    *,
+    include_meta: bool,
+    summary: Summary,
+) -> pl.DataFrame:
+    """`frame` with the answer column(s) (and meta columns) added, counted into `summary`."""
+    values: list[list[Any]] = [[] for _ in parser.columns]
+    meta: dict[str, list[Any]] = {name: [] for name in META_COLUMNS}
+    empty = (None,) * len(parser.columns)
+    for result in results:
+        status, error, parsed = result.status, result.error, empty
+        if status == OK:
+            outcome = parser.parse(result.answer or "")
+            if outcome.values is None:
+                status, error = INVALID, f"invalid answer: {outcome.error}"
+            else:
+                parsed = outcome.values
+        for column, value in zip(values, parsed, strict=True):
+            column.append(value)
+        meta["_status"].append(status)
+        meta["_error"].append(error)
+        meta["_prompt_tokens"].append(result.prompt_tokens)
+        meta["_completion_tokens"].append(result.completion_tokens)
+        meta["_attempts"].append(result.attempts)
+        summary.count(status)
+    columns = [
+        pl.Series(name, column, dtype=dtype)
+        for (name, dtype), column in zip(parser.columns.items(), values, strict=True)
+    ]
+    if include_meta:
+        columns += [pl.Series(n, meta[n], dtype=dtype) for n, dtype in META_COLUMNS.items()]
+    return frame.with_columns(columns)
+
+
+def is_valid(parser: Parser, result: Result) -> bool:
+    """Whether an answered result parses under the current settings."""
+    return result.status == OK and parser.parse(result.answer or "").values is not None

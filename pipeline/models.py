@@ -1,0 +1,173 @@
+"""Model catalog: what the endpoint serves, at what price, with which parameters.
+
+Reads `GET {base_url}/models` and `GET {base_url}/models/{id}`. Before a run sends its first
+chat request it checks the model here; an endpoint without the per-model route (llama.cpp's
+server lists models only) is checked against the list, and one without either is skipped.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import jsonschema
+
+from .client import error_detail
+from .config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+
+class CatalogUnavailable(Exception):
+    """The endpoint did not answer the catalog request usefully."""
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per token, and where the figures came from."""
+
+    input_per_token: float
+    output_per_token: float
+    source: str
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return prompt_tokens * self.input_per_token + completion_tokens * self.output_per_token
+
+
+class Catalog:
+    """A small synchronous client for the model routes."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        *,
+        timeout_s: float = 15,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(
+            base_url=base_url.rstrip("/") + "/",
+            headers=headers,
+            timeout=timeout_s,
+            transport=transport,
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _get(self, path: str) -> Any:
+        try:
+            response = self._client.get(path)
+        except httpx.HTTPError as exc:
+            raise CatalogUnavailable(f"{type(exc).__name__}: {exc}") from None
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            detail = error_detail(response.status_code, response.text)
+            raise CatalogUnavailable(f"HTTP {response.status_code}: {detail}")
+        try:
+            return response.json()
+        except ValueError:
+            raise CatalogUnavailable("the answer is not JSON") from None
+
+    def list(self) -> list[dict[str, Any]] | None:
+        """Every model the endpoint lists, or None when it has no such route."""
+        body = self._get("models")
+        if body is None:
+            return None
+        items = body.get("data", body.get("models")) if isinstance(body, dict) else body
+        if not isinstance(items, list):
+            raise CatalogUnavailable("the model list has no 'data' array")
+        return [item for item in items if isinstance(item, dict)]
+
+    def show(self, model_id: str) -> dict[str, Any] | None:
+        """The model object, or None when the endpoint says 404."""
+        body = self._get(f"models/{model_id}")
+        if isinstance(body, dict) and isinstance(body.get("data"), dict):
+            body = body["data"]
+        return body if isinstance(body, dict) else None
+
+
+def model_id(item: dict[str, Any]) -> str:
+    return str(item.get("id") or item.get("name") or "")
+
+
+@dataclass(frozen=True, slots=True)
+class Preflight:
+    """The model object when the endpoint serves one; `error` when the model is unknown."""
+
+    model: dict[str, Any] | None = None
+    error: str | None = None
+    note: str | None = None
+
+
+def preflight(catalog: Catalog, name: str) -> Preflight:
+    """Check that the endpoint serves `name`, as far as its routes allow."""
+    try:
+        found = catalog.show(name)
+        if found is not None:
+            return Preflight(model=found)
+        listed = catalog.list()
+    except CatalogUnavailable as exc:
+        return Preflight(note=f"could not check model '{name}' ({exc}); going on")
+    if listed is None:
+        return Preflight(note="the endpoint serves no model list; model check skipped")
+    ids = [model_id(item) for item in listed]
+    if name in ids:
+        return Preflight(note=f"model '{name}' is listed (no per-model route to read details)")
+    close = difflib.get_close_matches(name, ids, n=5, cutoff=0.3) or ids[:5]
+    return Preflight(
+        error=f"the endpoint does not serve model '{name}' (config key model.name); "
+        f"available models include: {', '.join(close) or 'none listed'}"
+    )
+
+
+def price(model: ModelConfig, found: dict[str, Any] | None) -> Price | None:
+    """The config's `model.pricing` if set, else the model object's, else unknown."""
+    if model.pricing is not None:
+        return Price(
+            model.pricing.input_per_million / 1e6,
+            model.pricing.output_per_million / 1e6,
+            "config",
+        )
+    pricing = (found or {}).get("pricing")
+    if not isinstance(pricing, dict):
+        return None
+    try:
+        return Price(
+            float(pricing["input_cost_per_token"]),
+            float(pricing["output_cost_per_token"]),
+            "endpoint",
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def check_params(params: dict[str, Any], found: dict[str, Any]) -> list[str]:
+    """Problems with `model.params` under the model's request schema (empty when fine)."""
+    schema = found.get("request_schema") or found.get("json_request_schema")
+    if not isinstance(schema, dict):
+        return []
+    properties = schema.get("properties")
+    if not isinstance(properties, dict):
+        return []
+    problems = []
+    for name, value in params.items():
+        if name not in properties:
+            accepted = ", ".join(sorted(properties))
+            problems.append(
+                f"model.params.{name}: the model does not accept '{name}' (accepted: {accepted})"
+            )
+            continue
+        sub = properties[name]
+        if isinstance(sub, dict):
+            error = jsonschema.exceptions.best_match(
+                jsonschema.Draft202012Validator(sub).iter_errors(value)
+            )
+            if error is not None:
+                problems.append(f"model.params.{name}: {error.message}")
+    return problems

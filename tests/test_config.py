@@ -1,0 +1,471 @@
+"""Unit tests for `pipeline.config.load`: defaults, paths, key+line errors, ${VAR}, --set."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline.config import (
+    DEFAULT_BASE_URL,
+    DEFAULT_KEY_ENV,
+    DEFAULT_MODEL,
+    Config,
+    RunConfig,
+    load,
+)
+from pipeline.errors import ConfigError
+
+# Six lines; a section appended after it starts on line 7.
+BASE = """\
+input:
+  path: data/in.csv
+prompt:
+  template: "Q: {{ q }}"
+output:
+  path: out/answers.parquet
+"""
+
+HYPOTHESIS = settings(
+    max_examples=40,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+
+
+def write_config(folder: Path, text: str, name: str = "job.yaml") -> Path:
+    path = folder / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def normalized(path: Path | None) -> Path:
+    assert path is not None
+    return Path(os.path.normpath(path))
+
+
+def load_text(folder: Path, text: str, overrides: list[str] | None = None) -> Config:
+    return load(write_config(folder, text), overrides)
+
+
+def config_error(folder: Path, text: str, overrides: list[str] | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_text(folder, text, overrides)
+    return str(info.value)
+
+
+# --- a valid config ----------------------------------------------------------------------
+
+
+def test_minimal_config_gets_model_and_run_defaults(tmp_path: Path) -> None:
+    config = load_text(tmp_path, BASE)
+
+    assert config.prompt.template == "Q: {{ q }}"
+    assert config.prompt.system is None
+    assert config.prompt.skip_null == []
+    assert config.model.base_url == DEFAULT_BASE_URL
+    assert config.model.name == DEFAULT_MODEL
+    assert config.model.api_key_env == DEFAULT_KEY_ENV
+    assert config.model.params == {}
+    assert config.output.column == "answer"
+    assert config.output.include_meta is False
+    assert config.run == RunConfig()
+    assert config.run.concurrency == 32
+    assert config.run.max_retries == 5
+    assert config.run.requests_per_minute is None
+    assert config.run.tokens_per_minute is None
+
+
+def test_full_config_keeps_every_value(tmp_path: Path) -> None:
+    text = (
+        BASE
+        + """\
+model:
+  base_url: http://127.0.0.1:9000/v1
+  name: tiny
+  api_key_env: MY_KEY
+  params: {temperature: 0, max_tokens: 16}
+run:
+  concurrency: 4
+  requests_per_minute: 600
+  tokens_per_minute: 200000
+  max_retries: 2
+  timeout_s: 7.5
+  chunk_rows: 100
+"""
+    )
+    config = load_text(tmp_path, text)
+
+    assert config.model.base_url == "http://127.0.0.1:9000/v1"
+    assert config.model.name == "tiny"
+    assert config.model.api_key_env == "MY_KEY"
+    assert config.model.params == {"temperature": 0, "max_tokens": 16}
+    assert config.run.concurrency == 4
+    assert config.run.requests_per_minute == 600
+    assert config.run.tokens_per_minute == 200000
+    assert config.run.max_retries == 2
+    assert config.run.timeout_s == 7.5
+    assert config.run.chunk_rows == 100
+
+
+def test_config_is_frozen(tmp_path: Path) -> None:
+    config = load_text(tmp_path, BASE)
+    with pytest.raises(ValueError, match="frozen"):
+        config.run.concurrency = 1
+
+
+def test_relative_paths_resolve_against_the_config_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the working directory must not matter
+    config = load(write_config(folder, BASE + "run:\n  store: ../state/job.db\n"))
+
+    assert config.input.path == folder / "data/in.csv"
+    assert config.output.path == folder / "out/answers.parquet"
+    assert normalized(config.run.store) == tmp_path / "state" / "job.db"
+    assert normalized(config.store_path) == tmp_path / "state" / "job.db"
+
+
+def test_absolute_and_home_paths_are_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    text = f"""\
+input:
+  path: {tmp_path / "abs" / "in.csv"}
+prompt:
+  template: x
+output:
+  path: ~/out.csv
+"""
+    config = load_text(tmp_path, text)
+
+    assert config.input.path == tmp_path / "abs" / "in.csv"
+    assert config.output.path == tmp_path / "home" / "out.csv"
+
+
+def test_store_path_defaults_to_output_path_with_db_suffix(tmp_path: Path) -> None:
+    config = load_text(tmp_path, BASE)
+
+    assert config.run.store is None
+    assert config.store_path == tmp_path / "out" / "answers.db"
+
+
+# --- errors that name the key and its line -----------------------------------------------
+
+
+def test_unknown_key_names_dotted_key_and_line(tmp_path: Path) -> None:
+    message = config_error(tmp_path, BASE + "run:\n  concurency: 8\n")
+
+    assert "unknown key 'run.concurency'" in message
+    assert "line 8" in message
+    assert str(tmp_path / "job.yaml") in message
+
+
+def test_unknown_top_level_section_is_named(tmp_path: Path) -> None:
+    message = config_error(tmp_path, BASE + "extras:\n  a: 1\n")
+
+    assert "unknown key 'extras'" in message
+    assert "line 7" in message
+
+
+def test_wrong_type_names_key_and_line(tmp_path: Path) -> None:
+    message = config_error(tmp_path, BASE + "run:\n  timeout_s: 5\n  concurrency: many\n")
+
+    assert "run.concurrency" in message
+    assert "line 9" in message
+    assert "integer" in message
+
+
+@pytest.mark.parametrize(
+    ("section", "dotted"),
+    [
+        ("run:\n  concurrency: 0\n", "run.concurrency"),
+        ("run:\n  max_retries: -1\n", "run.max_retries"),
+        ("run:\n  requests_per_minute: 0\n", "run.requests_per_minute"),
+        ("model:\n  params: [temperature, 0]\n", "model.params"),
+    ],
+)
+def test_invalid_values_are_rejected_with_key_and_line(
+    tmp_path: Path, section: str, dotted: str
+) -> None:
+    message = config_error(tmp_path, BASE + section)
+
+    assert f"config key '{dotted}' (line 8)" in message
+
+
+def test_missing_template_is_named_with_its_section_line(tmp_path: Path) -> None:
+    text = BASE.replace('  template: "Q: {{ q }}"\n', "  system: be brief\n")
+    message = config_error(tmp_path, text)
+
+    assert "missing required key 'prompt.template'" in message
+    assert "line 3" in message  # the prompt section
+
+
+def test_missing_input_section_is_named(tmp_path: Path) -> None:
+    text = BASE.replace("input:\n  path: data/in.csv\n", "")
+    message = config_error(tmp_path, text)
+
+    assert "missing required key 'input'" in message
+
+
+def test_several_errors_are_reported_together(tmp_path: Path) -> None:
+    message = config_error(tmp_path, BASE + "run:\n  concurrency: x\n  colour: red\n")
+
+    assert "run.concurrency" in message
+    assert "run.colour" in message
+
+
+def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
+    text = BASE + "model:\n  params: [temperature, 0\n  name: x\n"
+    message = config_error(tmp_path, text)
+
+    assert "invalid YAML" in message
+    assert "line 9" in message
+
+
+def test_tab_indentation_is_invalid_yaml_with_line(tmp_path: Path) -> None:
+    message = config_error(tmp_path, BASE + "run:\n\tconcurrency: 3\n")
+
+    assert "invalid YAML" in message
+    assert "line 8" in message
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "- input\n- prompt\n", "just text\n"])
+def test_non_mapping_document_is_rejected(tmp_path: Path, text: str) -> None:
+    message = config_error(tmp_path, text)
+
+    assert "mapping" in message
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match="cannot read config") as info:
+        load(missing)
+    assert str(missing) in str(info.value)
+
+
+def test_directory_instead_of_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load(tmp_path)
+
+
+def test_non_utf8_file_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("# café\n".encode("latin-1") + BASE.encode())
+
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load(path)
+
+
+# --- ${VAR} expansion --------------------------------------------------------------------
+
+
+def test_env_var_is_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIPE_TEST_MODEL", "m-1")
+    monkeypatch.setenv("PIPE_TEST_PORT", "8123")
+    text = BASE + "model:\n  name: ${PIPE_TEST_MODEL}\n  base_url: http://h:${PIPE_TEST_PORT}/v1\n"
+    config = load_text(tmp_path, text)
+
+    assert config.model.name == "m-1"
+    assert config.model.base_url == "http://h:8123/v1"
+
+
+def test_expanded_value_is_validated_to_its_type(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PIPE_TEST_CONC", "12")
+    config = load_text(tmp_path, BASE + "run:\n  concurrency: ${PIPE_TEST_CONC}\n")
+
+    assert config.run.concurrency == 12
+
+
+def test_env_var_default_is_used_when_unset_or_empty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PIPE_TEST_UNSET", raising=False)
+    monkeypatch.setenv("PIPE_TEST_EMPTY", "")
+    text = BASE + (
+        "model:\n"
+        "  base_url: http://127.0.0.1:${PIPE_TEST_UNSET:-8787}/v1\n"
+        "  name: ${PIPE_TEST_EMPTY:-fallback}\n"
+    )
+    config = load_text(tmp_path, text)
+
+    assert config.model.base_url == "http://127.0.0.1:8787/v1"
+    assert config.model.name == "fallback"
+
+
+def test_set_variable_wins_over_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIPE_TEST_NAME", "real")
+    config = load_text(tmp_path, BASE + "model:\n  name: ${PIPE_TEST_NAME:-fallback}\n")
+
+    assert config.model.name == "real"
+
+
+def test_env_var_in_input_path_expands_before_resolving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PIPE_TEST_DIR", "shared")
+    text = BASE.replace("data/in.csv", "${PIPE_TEST_DIR}/in.csv")
+    config = load_text(tmp_path, text)
+
+    assert config.input.path == tmp_path / "shared" / "in.csv"
+
+
+def test_unset_env_var_without_default_names_variable_and_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PIPE_TEST_MISSING", raising=False)
+    message = config_error(tmp_path, BASE + "model:\n  name: ${PIPE_TEST_MISSING}\n")
+
+    assert "PIPE_TEST_MISSING" in message
+    assert "model.name" in message
+    assert "line 8" in message
+
+
+def test_env_var_is_not_expanded_in_comments_or_unrelated_text(tmp_path: Path) -> None:
+    text = "# ${PIPE_TEST_NEVER_SET} in a comment is fine\n" + BASE.replace(
+        '"Q: {{ q }}"', '"costs $5 {{ q }}"'
+    )
+    config = load_text(tmp_path, text)
+
+    assert config.prompt.template == "costs $5 {{ q }}"
+
+
+# --- --set overrides ---------------------------------------------------------------------
+
+
+def test_set_overrides_and_is_typed_via_yaml(tmp_path: Path) -> None:
+    config = load_text(
+        tmp_path,
+        BASE + "run:\n  concurrency: 2\n",
+        ["run.concurrency=8", "output.include_meta=true", "model.params={temperature: 0.5}"],
+    )
+
+    assert config.run.concurrency == 8
+    assert isinstance(config.run.concurrency, int)
+    assert config.output.include_meta is True
+    assert config.model.params == {"temperature": 0.5}
+
+
+def test_set_creates_a_missing_section(tmp_path: Path) -> None:
+    config = load_text(tmp_path, BASE, ["run.max_retries=0", "model.name=other"])
+
+    assert config.run.max_retries == 0
+    assert config.model.name == "other"
+
+
+def test_set_value_keeps_text_after_the_first_equals_sign(tmp_path: Path) -> None:
+    config = load_text(tmp_path, BASE, ["prompt.template=a={{ q }}"])
+
+    assert config.prompt.template == "a={{ q }}"
+
+
+def test_set_of_unknown_key_is_an_error_mentioning_set(tmp_path: Path) -> None:
+    message = config_error(tmp_path, BASE, ["run.concurency=8"])
+
+    assert "run.concurency" in message
+    assert "--set" in message
+
+
+def test_set_with_wrong_type_mentions_set(tmp_path: Path) -> None:
+    message = config_error(tmp_path, BASE, ["run.concurrency=lots"])
+
+    assert "run.concurrency" in message
+    assert "--set" in message
+
+
+@pytest.mark.parametrize("item", ["run.concurrency", "=8", " =8"])
+def test_malformed_set_is_an_error(tmp_path: Path, item: str) -> None:
+    message = config_error(tmp_path, BASE, [item])
+
+    assert "--set" in message
+    assert "KEY=VALUE" in message
+
+
+def test_set_below_a_scalar_is_an_error(tmp_path: Path) -> None:
+    message = config_error(tmp_path, BASE, ["input.path.deeper=1"])
+
+    assert "--set input.path.deeper" in message
+    assert "not a section" in message
+
+
+# --- round trips -------------------------------------------------------------------------
+
+names = st.text(
+    st.characters(codec="utf-8", exclude_categories=["Cs", "Cc"]), min_size=1, max_size=30
+).filter(lambda s: "${" not in s)
+
+
+@HYPOTHESIS
+@given(
+    concurrency=st.integers(1, 4096),
+    max_retries=st.integers(0, 100),
+    timeout_s=st.floats(min_value=0.001, max_value=1e6),
+    rpm=st.none() | st.floats(min_value=0.01, max_value=1e7),
+    chunk_rows=st.integers(1, 10**7),
+    name=names,
+    column=names,
+    include_meta=st.booleans(),
+    params=st.dictionaries(
+        st.text(st.characters(codec="ascii", categories=["L"]), min_size=1, max_size=8),
+        st.integers(-(10**6), 10**6) | st.booleans() | names,
+        max_size=4,
+    ),
+)
+def test_yaml_round_trip(
+    tmp_path: Path,
+    concurrency: int,
+    max_retries: int,
+    timeout_s: float,
+    rpm: float | None,
+    chunk_rows: int,
+    name: str,
+    column: str,
+    include_meta: bool,
+    params: dict[str, Any],
+) -> None:
+    document = {
+        "input": {"path": "in.csv"},
+        "prompt": {"template": "{{ q }}"},
+        "model": {"name": name, "params": params},
+        "output": {"path": "o.csv", "column": column, "include_meta": include_meta},
+        "run": {
+            "concurrency": concurrency,
+            "max_retries": max_retries,
+            "timeout_s": timeout_s,
+            "requests_per_minute": rpm,
+            "chunk_rows": chunk_rows,
+        },
+    }
+    config = load_text(tmp_path, yaml.safe_dump(document, allow_unicode=True))
+
+    assert config.model.name == name
+    assert config.model.params == params
+    assert config.output.column == column
+    assert config.output.include_meta is include_meta
+    assert config.run.concurrency == concurrency
+    assert config.run.max_retries == max_retries
+    assert config.run.timeout_s == timeout_s
+    assert config.run.requests_per_minute == rpm
+    assert config.run.chunk_rows == chunk_rows
+
+
+@HYPOTHESIS
+@given(concurrency=st.integers(1, 4096), retries=st.integers(0, 100))
+def test_set_round_trip_of_integers(tmp_path: Path, concurrency: int, retries: int) -> None:
+    config = load_text(
+        tmp_path, BASE, [f"run.concurrency={concurrency}", f"run.max_retries={retries}"]
+    )
+
+    assert config.run.concurrency == concurrency
+    assert config.run.max_retries == retries

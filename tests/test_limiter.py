@@ -1,0 +1,308 @@
+"""Unit tests for `pipeline.limiter.Limiter` on a fake clock: pacing, token budgets, 429 pauses."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from pipeline.limiter import (
+    BACKOFF_FACTOR,
+    DEFAULT_PAUSE_S,
+    RECOVERY_S,
+    RECOVERY_STEP,
+    Limiter,
+)
+
+START = 1000.0  # a realistic monotonic clock reading
+
+
+class FakeTime:
+    """A clock that only moves when someone sleeps.
+
+    A sleep yields once to the loop (so concurrent waiters all get to reserve first), then
+    moves the clock to its wake-up time unless it is already later. `on_sleep` runs once,
+    at the start of the next sleep: something that happens while the limiter waits.
+    """
+
+    def __init__(self, now: float = START) -> None:
+        self.now = now
+        self.sleeps: list[float] = []
+        self.on_sleep: Callable[[], None] | None = None
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        assert seconds > 0, "the limiter must not sleep for nothing"
+        self.sleeps.append(seconds)
+        wake = self.now + seconds
+        if self.on_sleep is not None:
+            hook, self.on_sleep = self.on_sleep, None
+            hook()
+        await asyncio.sleep(0)
+        self.now = max(self.now, wake)
+
+
+def make(
+    rpm: float | None = None, tpm: float | None = None, now: float = START
+) -> tuple[Limiter, FakeTime]:
+    fake = FakeTime(now)
+    return Limiter(rpm, tpm, clock=fake.clock, sleep=fake.sleep), fake
+
+
+def send_times(limiter: Limiter, fake: FakeTime, n: int, tokens: int = 1) -> list[float]:
+    """When each of `n` sequential acquires was let through."""
+
+    async def go() -> list[float]:
+        times = []
+        for _ in range(n):
+            await limiter.acquire(tokens)
+            times.append(fake.now)
+        return times
+
+    return asyncio.run(go())
+
+
+def acquire(limiter: Limiter, tokens: int = 1) -> None:
+    asyncio.run(limiter.acquire(tokens))
+
+
+# --- pacing ------------------------------------------------------------------------------
+
+
+def test_no_budget_never_waits() -> None:
+    limiter, fake = make()
+
+    assert send_times(limiter, fake, 50, tokens=10**6) == [START] * 50
+    assert fake.sleeps == []
+
+
+def test_requests_per_minute_are_evenly_spaced_without_burst() -> None:
+    limiter, fake = make(rpm=600)
+    times = send_times(limiter, fake, 10)
+
+    assert times == pytest.approx([START + 0.1 * i for i in range(10)])
+    assert fake.sleeps == pytest.approx([0.1] * 9)
+
+
+def test_idle_time_is_not_saved_up_as_a_burst() -> None:
+    limiter, fake = make(rpm=60)
+    send_times(limiter, fake, 3)  # ends at START + 2
+    fake.now += 100.0  # a long quiet spell
+    times = send_times(limiter, fake, 3)
+
+    assert times == pytest.approx([START + 102, START + 103, START + 104])
+
+
+async def gather_send_times(limiter: Limiter, fake: FakeTime, n: int) -> list[float]:
+    async def one() -> float:
+        await limiter.acquire(1)
+        return fake.now
+
+    return list(await asyncio.gather(*(one() for _ in range(n))))
+
+
+def test_concurrent_acquires_get_distinct_slots() -> None:
+    limiter, fake = make(rpm=60)
+    times = asyncio.run(gather_send_times(limiter, fake, 4))
+
+    assert sorted(times) == pytest.approx([START, START + 1, START + 2, START + 3])
+    assert sorted(fake.sleeps) == pytest.approx([1.0, 2.0, 3.0])  # all waited from START
+
+
+# --- token budget ------------------------------------------------------------------------
+
+
+def test_tokens_per_minute_paces_by_estimate() -> None:
+    limiter, fake = make(tpm=6000)  # 100 tokens a second
+    times = send_times(limiter, fake, 3, tokens=500)
+
+    assert times == pytest.approx([START, START + 5, START + 10])
+
+
+def test_settle_gives_back_unused_tokens_so_next_goes_sooner() -> None:
+    limiter, fake = make(tpm=6000)
+    acquire(limiter, 1000)
+    limiter.settle(estimated=1000, actual=100)
+    acquire(limiter, 1000)
+
+    assert fake.now == pytest.approx(START + 1.0)  # instead of START + 10
+
+
+def test_without_settle_next_waits_for_the_whole_estimate() -> None:
+    limiter, fake = make(tpm=6000)
+    acquire(limiter, 1000)
+    acquire(limiter, 1000)
+
+    assert fake.now == pytest.approx(START + 10.0)
+
+
+def test_settle_charges_usage_above_the_estimate() -> None:
+    limiter, fake = make(tpm=6000)
+    acquire(limiter, 100)
+    limiter.settle(estimated=100, actual=700)
+    acquire(limiter, 100)
+
+    assert fake.now == pytest.approx(START + 7.0)
+
+
+def test_settle_with_unknown_usage_keeps_the_estimate() -> None:
+    limiter, fake = make(tpm=6000)
+    acquire(limiter, 1000)
+    limiter.settle(estimated=1000, actual=0)  # the server sent no usage
+    acquire(limiter, 1000)
+
+    assert fake.now == pytest.approx(START + 10.0)
+
+
+def test_settle_without_token_budget_is_harmless() -> None:
+    limiter, fake = make(rpm=600)
+    acquire(limiter)
+    limiter.settle(estimated=1000, actual=10)
+    acquire(limiter)
+
+    assert fake.now == pytest.approx(START + 0.1)
+
+
+def test_both_budgets_the_slower_one_wins() -> None:
+    limiter, fake = make(rpm=600, tpm=6000)  # 0.1 s per request, 1 s per 100 tokens
+    times = send_times(limiter, fake, 3, tokens=100)
+
+    assert times == pytest.approx([START, START + 1, START + 2])
+
+
+# --- 429 from the server -----------------------------------------------------------------
+
+
+def test_rate_limited_pauses_until_retry_after_and_lowers_factor() -> None:
+    limiter, fake = make(rpm=600)
+    acquire(limiter)
+    limiter.rate_limited_by_server(retry_after=2)
+
+    assert limiter.factor == pytest.approx(BACKOFF_FACTOR)
+    assert limiter.paused_until == pytest.approx(START + 2)
+    assert limiter.rate_limited == 1
+    acquire(limiter)
+    assert fake.now == pytest.approx(START + 2)
+
+
+def test_after_a_429_requests_are_spaced_at_the_lowered_rate() -> None:
+    limiter, fake = make(rpm=600)
+    acquire(limiter)
+    limiter.rate_limited_by_server(retry_after=2)
+    times = send_times(limiter, fake, 3)
+
+    gap = 0.1 / BACKOFF_FACTOR
+    assert times == pytest.approx([START + 2, START + 2 + gap, START + 2 + 2 * gap])
+
+
+def test_429_without_retry_after_pauses_for_the_default() -> None:
+    limiter, fake = make(rpm=600)
+    limiter.rate_limited_by_server(retry_after=None)
+    acquire(limiter)
+
+    assert fake.now == pytest.approx(START + DEFAULT_PAUSE_S)
+
+
+def test_pause_only_grows() -> None:
+    limiter, _ = make()
+    limiter.rate_limited_by_server(retry_after=10)
+    limiter.rate_limited_by_server(retry_after=1)
+
+    assert limiter.paused_until == pytest.approx(START + 10)
+
+
+def test_a_burst_of_429s_cuts_the_rate_once() -> None:
+    limiter, fake = make(rpm=600)
+    for _ in range(5):
+        limiter.rate_limited_by_server(retry_after=1)
+        fake.now += 0.1
+
+    assert limiter.rate_limited == 5
+    assert limiter.factor == pytest.approx(BACKOFF_FACTOR)
+
+
+def test_separate_429s_cut_again_down_to_a_floor() -> None:
+    limiter, fake = make(rpm=600)
+    limiter.rate_limited_by_server(retry_after=1)
+    fake.now += 1.5
+    limiter.rate_limited_by_server(retry_after=1)
+
+    assert limiter.factor == pytest.approx(BACKOFF_FACTOR**2)
+    for _ in range(50):
+        fake.now += 1.5
+        limiter.rate_limited_by_server(retry_after=1)
+    assert limiter.factor == pytest.approx(0.05)
+
+
+def test_429_during_the_wait_voids_the_slot_until_the_pause_ends() -> None:
+    limiter, fake = make(rpm=60)
+    acquire(limiter)  # takes the slot at START; the next one is at START + 1
+    fake.on_sleep = lambda: limiter.rate_limited_by_server(retry_after=5)
+    acquire(limiter)
+
+    # Without the check the request would go at START + 1, inside the pause.
+    assert fake.now == pytest.approx(START + 5)
+
+
+def test_all_workers_wait_out_the_pause() -> None:
+    limiter, fake = make()
+    limiter.rate_limited_by_server(retry_after=3)
+    times = asyncio.run(gather_send_times(limiter, fake, 3))
+
+    assert times == pytest.approx([START + 3] * 3)
+    assert fake.sleeps == pytest.approx([3.0] * 3)  # every worker waited, not only the first
+
+
+# --- recovery ----------------------------------------------------------------------------
+
+
+def test_factor_recovers_one_step_per_quiet_recovery_period() -> None:
+    limiter, fake = make(rpm=600)
+    limiter.rate_limited_by_server(retry_after=1)
+    assert limiter.factor == pytest.approx(BACKOFF_FACTOR)
+
+    fake.now += RECOVERY_S - 0.01
+    acquire(limiter)
+    assert limiter.factor == pytest.approx(BACKOFF_FACTOR)
+
+    fake.now = START + RECOVERY_S
+    acquire(limiter)
+    assert limiter.factor == pytest.approx(BACKOFF_FACTOR + RECOVERY_STEP)
+
+    fake.now = START + 2 * RECOVERY_S
+    acquire(limiter)
+    assert limiter.factor == pytest.approx(BACKOFF_FACTOR + 2 * RECOVERY_STEP)
+
+
+def test_factor_recovers_fully_and_never_above_one() -> None:
+    limiter, fake = make(rpm=600)
+    limiter.rate_limited_by_server(retry_after=1)
+    for _ in range(20):
+        fake.now += RECOVERY_S
+        acquire(limiter)
+
+    assert limiter.factor == 1.0
+    # Back at full rate: 0.1 s between requests again.
+    start = fake.now
+    times = send_times(limiter, fake, 3)
+    assert times[2] - times[1] == pytest.approx(0.1)
+    assert times[0] >= start
+
+
+def test_factor_recovers_per_quiet_period_even_without_traffic() -> None:
+    limiter, fake = make(rpm=600)
+    limiter.rate_limited_by_server(retry_after=1)
+    fake.now += 12 * RECOVERY_S  # 12 quiet periods: 0.7 + 12 * 0.05 >= 1.0
+    acquire(limiter)
+
+    assert limiter.factor == pytest.approx(1.0)
+
+
+def test_first_429_lowers_rate_even_when_clock_starts_at_zero() -> None:
+    limiter, _ = make(rpm=600, now=0.5)
+    limiter.rate_limited_by_server(retry_after=1)
+
+    assert limiter.factor == pytest.approx(BACKOFF_FACTOR)

@@ -1,0 +1,283 @@
+"""Unit tests for `pipeline.render`: rows -> chat requests, store keys, token estimates."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.config import ModelConfig, PromptConfig
+from pipeline.errors import InputError
+from pipeline.render import DEFAULT_RESERVE, Renderer, estimate_tokens, request_key
+
+HYPOTHESIS = settings(max_examples=60, deadline=None, database=None)
+KEY = re.compile(r"^r1:[0-9a-f]{64}$")
+
+
+def renderer(
+    template: str = "Ticket: {{ text }}",
+    *,
+    system: str | None = None,
+    skip_null: list[str] | None = None,
+    columns: tuple[str, ...] = ("id", "text", "channel"),
+    name: str = "m",
+    params: dict[str, Any] | None = None,
+) -> Renderer:
+    prompt = PromptConfig(system=system, template=template, skip_null=skip_null or [])
+    model = ModelConfig(name=name, params=params or {})
+    return Renderer(prompt, model, columns)
+
+
+# --- rendering ---------------------------------------------------------------------------
+
+
+def test_renders_system_and_user_messages_and_body() -> None:
+    r = renderer(
+        "[{{ channel }}] {{ text }}",
+        system="Answer in {{ channel }} style.",
+        params={"temperature": 0, "max_tokens": 16},
+    )
+    request = r.render({"id": 1, "text": "help", "channel": "email"})
+
+    assert request is not None
+    messages = [
+        {"role": "system", "content": "Answer in email style."},
+        {"role": "user", "content": "[email] help"},
+    ]
+    assert request.body == {
+        "model": "m",
+        "messages": messages,
+        "temperature": 0,
+        "max_tokens": 16,
+    }
+    assert request.key == request_key("m", messages, {"temperature": 0, "max_tokens": 16})
+    assert r.variables == ["channel", "text"]
+
+
+def test_without_system_only_a_user_message_is_sent() -> None:
+    request = renderer().render({"text": "hi"})
+
+    assert request is not None
+    assert request.body["messages"] == [{"role": "user", "content": "Ticket: hi"}]
+    assert set(request.body) == {"model", "messages"}
+
+
+def test_body_is_json_serialisable_with_non_string_cells() -> None:
+    request = renderer("{{ id }} costs {{ text }}").render({"id": 7, "text": 1.5})
+
+    assert request is not None
+    assert request.body["messages"][0]["content"] == "7 costs 1.5"
+    json.dumps(request.body)
+
+
+def test_null_cell_renders_as_empty_string() -> None:
+    request = renderer("<{{ text }}|{{ channel }}>").render({"text": None, "channel": "web"})
+
+    assert request is not None
+    assert request.body["messages"][0]["content"] == "<|web>"
+
+
+def test_trailing_newline_is_kept() -> None:
+    request = renderer("{{ text }}\n").render({"text": "x"})
+
+    assert request is not None
+    assert request.body["messages"][0]["content"] == "x\n"
+
+
+@pytest.mark.parametrize(
+    ("row", "skipped"),
+    [
+        ({"text": None, "channel": "web"}, True),
+        ({"text": "", "channel": "web"}, False),
+        ({"text": "hi", "channel": None}, False),
+    ],
+)
+def test_skip_null_skips_only_rows_with_null_in_those_columns(
+    row: dict[str, Any], skipped: bool
+) -> None:
+    request = renderer("{{ text }} {{ channel }}", skip_null=["text"]).render(row)
+
+    assert (request is None) is skipped
+
+
+def test_skip_null_column_need_not_be_in_template() -> None:
+    r = renderer("{{ text }}", skip_null=["id"])
+
+    assert r.render({"id": None, "text": "x"}) is None
+    assert r.render({"id": 3, "text": "x"}) is not None
+
+
+def test_missing_template_column_names_it_and_lists_columns() -> None:
+    with pytest.raises(InputError) as info:
+        renderer("{{ txt }}", columns=("id", "text"))
+
+    message = str(info.value)
+    assert "'txt'" in message
+    assert "prompt template" in message
+    assert "id, text" in message
+
+
+def test_missing_column_in_system_template_is_found() -> None:
+    with pytest.raises(InputError, match="'lang'"):
+        renderer("{{ text }}", system="Reply in {{ lang }}.")
+
+
+def test_missing_skip_null_column_is_named_as_skip_null() -> None:
+    with pytest.raises(InputError, match=r"prompt\.skip_null uses column 'nope'"):
+        renderer("{{ text }}", skip_null=["nope"])
+
+
+@pytest.mark.parametrize(
+    "template", ["{{ text ", "{% if text %}x", "{{ text | no_such_filter }}", "{% endfor %}"]
+)
+def test_template_syntax_error_is_input_error(template: str) -> None:
+    with pytest.raises(InputError, match="prompt template, line 1"):
+        renderer(template)
+
+
+def test_syntax_error_in_system_template_is_input_error() -> None:
+    with pytest.raises(InputError, match="prompt template"):
+        renderer("{{ text }}", system="{% if %}")
+
+
+def test_loop_variables_and_filters_are_not_taken_for_columns() -> None:
+    r = renderer("{% for w in text.split() %}[{{ w | upper }}]{% endfor %}")
+
+    assert r.variables == ["text"]
+    request = r.render({"text": "a b"})
+    assert request is not None
+    assert request.body["messages"][0]["content"] == "[A][B]"
+
+
+# --- keys --------------------------------------------------------------------------------
+
+
+def test_key_is_stable_and_versioned() -> None:
+    row = {"text": "same"}
+    first = renderer().render(row)
+    second = renderer().render(dict(row))
+
+    assert first is not None and second is not None
+    assert KEY.match(first.key)
+    assert first.key == second.key
+
+
+def test_identical_text_from_different_rows_shares_a_key() -> None:
+    r = renderer("{{ text }}")
+    a = r.render({"id": 1, "text": "dup", "channel": "x"})
+    b = r.render({"id": 2, "text": "dup", "channel": "y"})
+
+    assert a is not None and b is not None
+    assert a.key == b.key
+
+
+def test_key_is_a_documented_contract() -> None:
+    # Pinned: a change here invalidates every store; bump KEY_VERSION instead.
+    key = request_key("m", [{"role": "user", "content": "hi"}], {"temperature": 0})
+
+    canonical = (
+        b'{"messages":[{"content":"hi","role":"user"}],"model":"m","params":{"temperature":0}}'
+    )
+    assert key == "r1:" + hashlib.sha256(canonical).hexdigest()
+
+
+def test_key_changes_with_model_messages_and_params() -> None:
+    messages = [{"role": "user", "content": "hi"}]
+    base = request_key("m", messages, {"temperature": 0})
+
+    assert request_key("m2", messages, {"temperature": 0}) != base
+    assert request_key("m", [{"role": "user", "content": "hi!"}], {"temperature": 0}) != base
+    assert request_key("m", [{"role": "system", "content": "hi"}], {"temperature": 0}) != base
+    assert request_key("m", messages, {"temperature": 1}) != base
+    assert request_key("m", messages, {}) != base
+
+
+def test_changed_template_or_system_prompt_asks_anew() -> None:
+    row = {"text": "x"}
+    plain = renderer("{{ text }}").render(row)
+    other_template = renderer("{{ text }}.").render(row)
+    with_system = renderer("{{ text }}", system="Be brief.").render(row)
+
+    assert plain is not None and other_template is not None and with_system is not None
+    assert len({plain.key, other_template.key, with_system.key}) == 3
+
+
+json_scalars = st.none() | st.booleans() | st.integers() | st.text(max_size=20)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=10,
+)
+params_strategy = st.dictionaries(st.text(min_size=1, max_size=10), json_values, max_size=6)
+
+
+def reversed_dict(value: Any) -> Any:
+    """The same JSON value with every mapping's insertion order reversed."""
+    if isinstance(value, dict):
+        return {k: reversed_dict(value[k]) for k in reversed(list(value))}
+    if isinstance(value, list):
+        return [reversed_dict(v) for v in value]
+    return value
+
+
+@HYPOTHESIS
+@given(model=st.text(max_size=20), content=st.text(), params=params_strategy)
+def test_key_ignores_mapping_order(model: str, content: str, params: dict[str, Any]) -> None:
+    messages = [{"role": "user", "content": content}]
+    key = request_key(model, messages, params)
+
+    assert KEY.match(key)
+    assert request_key(model, reversed_dict(messages), reversed_dict(params)) == key
+
+
+@HYPOTHESIS
+@given(a=st.text(), b=st.text())
+def test_different_contents_give_different_keys(a: str, b: str) -> None:
+    key_a = request_key("m", [{"role": "user", "content": a}], {})
+    key_b = request_key("m", [{"role": "user", "content": b}], {})
+
+    assert (key_a == key_b) == (a == b)
+
+
+@HYPOTHESIS
+@given(params=params_strategy, text=st.text(max_size=50))
+def test_rendered_key_matches_request_key_of_its_body(params: dict[str, Any], text: str) -> None:
+    r = renderer("{{ text }}", params=params)
+    request = r.render({"text": text})
+
+    assert request is not None
+    assert request.key == request_key("m", [{"role": "user", "content": text}], params)
+
+
+# --- token estimates ---------------------------------------------------------------------
+
+
+def test_estimate_uses_max_tokens_then_max_completion_tokens_then_default() -> None:
+    assert estimate_tokens(400, {"max_tokens": 16}) == 100 + 1 + 16
+    assert estimate_tokens(400, {"max_completion_tokens": 32}) == 100 + 1 + 32
+    assert estimate_tokens(400, {"max_tokens": 8, "max_completion_tokens": 32}) == 100 + 1 + 8
+    assert estimate_tokens(400, {}) == 100 + 1 + DEFAULT_RESERVE
+    assert estimate_tokens(0, {}) == 1 + DEFAULT_RESERVE
+
+
+def test_render_estimate_counts_all_message_chars_and_max_tokens() -> None:
+    r = renderer("{{ text }}", system="abcd", params={"max_tokens": 10})
+    request = r.render({"text": "x" * 36})
+
+    assert request is not None
+    assert request.est_tokens == (4 + 36) // 4 + 1 + 10
+
+
+@HYPOTHESIS
+@given(chars=st.integers(0, 10**7), reserve=st.integers(1, 10**5))
+def test_estimate_grows_with_text_and_reserve(chars: int, reserve: int) -> None:
+    estimate = estimate_tokens(chars, {"max_tokens": reserve})
+
+    assert estimate > reserve
+    assert estimate_tokens(chars + 4, {"max_tokens": reserve}) == estimate + 1
+    assert estimate_tokens(chars, {"max_tokens": reserve + 1}) == estimate + 1

@@ -1,0 +1,331 @@
+"""Unit tests for `pipeline.source.Source` and `pipeline.sink.Sink` on small local files."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from pipeline.errors import InputError, OutputError
+from pipeline.sink import Sink
+from pipeline.source import Source, table_format
+
+FORMATS = ["csv", "parquet", "ndjson"]
+
+
+def table(n: int = 25) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "id": list(range(n)),
+            "score": [i / 4 if i % 5 else None for i in range(n)],
+            "text": [f"row {i}" if i % 7 else None for i in range(n)],
+            "flag": [i % 2 == 0 for i in range(n)],
+        },
+        schema={"id": pl.Int64, "score": pl.Float64, "text": pl.String, "flag": pl.Boolean},
+    )
+
+
+def write_table(frame: pl.DataFrame, path: Path) -> Path:
+    writers: dict[str, Callable[[Path], None]] = {
+        ".csv": frame.write_csv,
+        ".tsv": lambda p: frame.write_csv(p, separator="\t"),
+        ".parquet": frame.write_parquet,
+        ".ndjson": frame.write_ndjson,
+        ".jsonl": frame.write_ndjson,
+    }
+    writers[path.suffix](path)
+    return path
+
+
+def read_table(path: Path) -> pl.DataFrame:
+    if path.suffix == ".parquet":
+        return pl.read_parquet(path)
+    if path.suffix == ".ndjson":
+        return pl.read_ndjson(path)
+    return pl.read_csv(path, separator="\t" if path.suffix == ".tsv" else ",")
+
+
+# --- Source ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ext", ["csv", "tsv", "parquet", "ndjson", "jsonl"])
+def test_source_reads_columns_schema_and_rows(tmp_path: Path, ext: str) -> None:
+    frame = table()
+    source = Source(write_table(frame, tmp_path / f"in.{ext}"))
+
+    assert source.columns == ["id", "score", "text", "flag"]
+    assert dict(source.schema) == dict(frame.schema)
+    assert source.count() == 25
+    assert_frame_equal(pl.concat(list(source.chunks(100))), frame)
+
+
+@pytest.mark.parametrize("ext", FORMATS)
+def test_chunks_are_in_order_bounded_and_share_the_schema(tmp_path: Path, ext: str) -> None:
+    frame = table(25)
+    source = Source(write_table(frame, tmp_path / f"in.{ext}"))
+    chunks = list(source.chunks(10))
+
+    assert [c.height for c in chunks] == [10, 10, 5]
+    assert all(c.schema == source.schema for c in chunks)
+    assert_frame_equal(pl.concat(chunks), frame)
+
+
+def test_chunks_can_be_read_twice(tmp_path: Path) -> None:
+    source = Source(write_table(table(12), tmp_path / "in.parquet"))
+
+    assert [c.height for c in source.chunks(5)] == [5, 5, 2]
+    assert [c.height for c in source.chunks(12)] == [12]
+
+
+@pytest.mark.parametrize("size", [1, 3, 7, 25, 1000])
+def test_chunk_size_covers_every_row_once(tmp_path: Path, size: int) -> None:
+    frame = table(25)
+    source = Source(write_table(frame, tmp_path / "in.csv"))
+    chunks = list(source.chunks(size))
+
+    assert all(0 < c.height <= size for c in chunks)
+    assert len(chunks) == -(-25 // size)
+    assert pl.concat(chunks)["id"].to_list() == list(range(25))
+
+
+@pytest.mark.parametrize("ext", FORMATS)
+def test_limit_takes_the_first_rows(tmp_path: Path, ext: str) -> None:
+    frame = table(25)
+    source = Source(write_table(frame, tmp_path / f"in.{ext}"), limit=7)
+
+    assert source.count() == 7
+    chunks = list(source.chunks(5))
+    assert [c.height for c in chunks] == [5, 2]
+    assert_frame_equal(pl.concat(chunks), frame.head(7))
+
+
+def test_limit_larger_than_the_table(tmp_path: Path) -> None:
+    source = Source(write_table(table(4), tmp_path / "in.csv"), limit=100)
+
+    assert source.count() == 4
+
+
+def test_header_only_csv_yields_one_empty_frame_with_the_columns(tmp_path: Path) -> None:
+    path = tmp_path / "in.csv"
+    path.write_text("id,text\n")
+    source = Source(path)
+    chunks = list(source.chunks(10))
+
+    assert source.columns == ["id", "text"]
+    assert source.count() == 0
+    assert len(chunks) == 1
+    assert chunks[0].height == 0
+    assert chunks[0].columns == ["id", "text"]
+
+
+def test_empty_parquet_yields_one_empty_frame_with_its_schema(tmp_path: Path) -> None:
+    empty = table(0)
+    source = Source(write_table(empty, tmp_path / "in.parquet"))
+    [chunk] = list(source.chunks(10))
+
+    assert chunk.height == 0
+    assert chunk.schema == empty.schema
+
+
+def test_missing_file_is_input_error(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="does not exist"):
+        Source(tmp_path / "nope.csv")
+
+
+def test_directory_is_input_error(tmp_path: Path) -> None:
+    folder = tmp_path / "table.csv"
+    folder.mkdir()
+    with pytest.raises(InputError, match="does not exist"):
+        Source(folder)
+
+
+@pytest.mark.parametrize("name", ["in.xlsx", "in.json", "in"])
+def test_unknown_extension_is_input_error_listing_formats(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_text("id\n1\n")
+    with pytest.raises(InputError, match="unknown table format") as info:
+        Source(path)
+    assert ".csv" in str(info.value) and ".parquet" in str(info.value)
+
+
+def test_table_format_is_case_insensitive() -> None:
+    assert table_format(Path("A.CSV")) == "csv"
+    assert table_format(Path("a.Parquet")) == "parquet"
+    assert table_format(Path("a.pq")) == "parquet"
+    assert table_format(Path("a.JSONL")) == "ndjson"
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [("in.csv", b""), ("in.parquet", b"PAR1 not really"), ("in.ndjson", b"{not json\n")],
+)
+def test_unreadable_content_is_input_error(tmp_path: Path, name: str, content: bytes) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+
+    with pytest.raises(InputError, match="cannot read input"):
+        source = Source(path)
+        list(source.chunks(10))
+
+
+# --- Sink --------------------------------------------------------------------------------
+
+
+def tmp_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+@pytest.mark.parametrize("ext", ["csv", "tsv", "parquet", "ndjson"])
+def test_sink_writes_chunks_that_read_back_equal_with_types(tmp_path: Path, ext: str) -> None:
+    frame = table(25).with_columns(pl.Series("answer", ["a"] * 20 + [None] * 5))
+    path = tmp_path / "out" / f"answers.{ext}"  # the folder is created
+    sink = Sink(path)
+    for start in range(0, 25, 10):
+        sink.write(frame.slice(start, 10))
+    sink.commit()
+
+    back = read_table(path)
+    assert back.schema == frame.schema
+    assert_frame_equal(back, frame)
+    assert sink.rows == 25
+    assert tmp_files(path.parent) == []
+
+
+def test_csv_sink_keeps_empty_string_apart_from_null(tmp_path: Path) -> None:
+    frame = pl.DataFrame({"id": [1, 2, 3], "answer": ["", None, "x"]})
+    sink = Sink(tmp_path / "o.csv")
+    sink.write(frame)
+    sink.commit()
+
+    assert pl.read_csv(tmp_path / "o.csv")["answer"].to_list() == ["", None, "x"]
+
+
+def test_csv_sink_writes_one_header(tmp_path: Path) -> None:
+    sink = Sink(tmp_path / "o.csv")
+    sink.write(pl.DataFrame({"a": [1]}))
+    sink.write(pl.DataFrame({"a": [2]}))
+    sink.commit()
+
+    assert (tmp_path / "o.csv").read_text().splitlines() == ["a", "1", "2"]
+
+
+def test_parquet_sink_casts_later_chunks_to_the_first_schema(tmp_path: Path) -> None:
+    sink = Sink(tmp_path / "o.parquet")
+    sink.write(pl.DataFrame({"n": [1, 2]}, schema={"n": pl.Int64}))
+    sink.write(pl.DataFrame({"n": [3]}, schema={"n": pl.Int32}))
+    sink.commit()
+
+    back = pl.read_parquet(tmp_path / "o.parquet")
+    assert back.schema == pl.Schema({"n": pl.Int64})
+    assert back["n"].to_list() == [1, 2, 3]
+
+
+@pytest.mark.parametrize("ext", FORMATS)
+def test_empty_frame_still_makes_a_file(tmp_path: Path, ext: str) -> None:
+    path = tmp_path / f"o.{ext}"
+    sink = Sink(path)
+    sink.write(pl.DataFrame(schema={"id": pl.Int64, "answer": pl.String}))
+    sink.commit()
+
+    if ext == "ndjson":  # no rows, no lines: NDJSON has no header to keep the columns
+        assert path.read_bytes() == b""
+    else:
+        back = read_table(path)
+        assert back.height == 0
+        assert back.columns == ["id", "answer"]
+
+
+@pytest.mark.parametrize("ext", FORMATS)
+def test_target_is_untouched_until_commit(tmp_path: Path, ext: str) -> None:
+    path = tmp_path / f"o.{ext}"
+    sink = Sink(path)
+    sink.write(table(5))
+
+    assert not path.exists()
+    assert len(tmp_files(tmp_path)) == 1
+    sink.commit()
+    assert_frame_equal(read_table(path), table(5))
+
+
+@pytest.mark.parametrize("ext", FORMATS)
+def test_previous_output_stays_until_commit_then_is_replaced(tmp_path: Path, ext: str) -> None:
+    path = write_table(table(3), tmp_path / f"o.{ext}")
+    before = path.read_bytes()
+    sink = Sink(path)
+    sink.write(table(8))
+
+    assert path.read_bytes() == before
+    sink.commit()
+    assert read_table(path).height == 8
+
+
+@pytest.mark.parametrize("ext", FORMATS)
+def test_abort_removes_temp_and_keeps_previous_output(tmp_path: Path, ext: str) -> None:
+    path = write_table(table(3), tmp_path / f"o.{ext}")
+    before = path.read_bytes()
+    sink = Sink(path)
+    sink.write(table(8))
+    assert tmp_files(tmp_path)
+
+    sink.abort()
+
+    assert tmp_files(tmp_path) == []
+    assert path.read_bytes() == before
+    sink.abort()  # twice is harmless
+
+
+def test_abort_without_previous_output_leaves_nothing(tmp_path: Path) -> None:
+    sink = Sink(tmp_path / "o.parquet")
+    sink.write(table(2))
+    sink.abort()
+
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stale_temp_of_a_killed_run_is_removed(tmp_path: Path) -> None:
+    stale = tmp_path / ".o.csv.99999999.tmp"
+    stale.write_text("half a file")
+    other = tmp_path / ".other.csv.99999999.tmp"
+    other.write_text("another output's temp")
+
+    Sink(tmp_path / "o.csv")
+
+    assert not stale.exists()
+    assert other.exists()
+
+
+def test_unknown_output_extension_is_input_error(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="unknown table format"):
+        Sink(tmp_path / "o.xlsx")
+
+
+def test_unwritable_output_file_is_output_error(tmp_path: Path) -> None:
+    (tmp_path / "o.csv").mkdir()  # the rename into place cannot replace a folder
+    sink = Sink(tmp_path / "o.csv")
+    sink.write(table(2))
+
+    with pytest.raises(OutputError, match="cannot write output"):
+        sink.commit()
+    assert tmp_files(tmp_path) == []
+
+
+def test_uncreatable_output_folder_is_output_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    sink = Sink(blocker / "o.csv")
+
+    with pytest.raises(OutputError, match="cannot write output"):
+        sink.write(table(2))
+
+
+def test_nested_column_to_csv_is_output_error(tmp_path: Path) -> None:
+    sink = Sink(tmp_path / "o.csv")
+    try:
+        with pytest.raises(OutputError):
+            sink.write(pl.DataFrame({"meta": [{"a": 1}]}))
+        assert tmp_files(tmp_path) == []
+    finally:
+        sink.abort()

@@ -1,0 +1,331 @@
+"""Unit tests for `pipeline.store`: the SQLite store, the batching writer, the run lock."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import LockError, OutputError
+from pipeline.records import FAILED, OK, Result
+from pipeline.store import MIGRATIONS, Lock, Store, Writer
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    opened = Store(tmp_path / "s.db")
+    yield opened
+    opened.close()
+
+
+def ok(
+    key: str,
+    answer: str = "yes",
+    *,
+    prompt_tokens: int = 0,
+    completion_tokens: int = 0,
+    attempts: int = 0,
+) -> Result:
+    return Result(
+        key,
+        OK,
+        answer=answer,
+        raw=f'{{"a":"{answer}"}}',
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        attempts=attempts,
+    )
+
+
+def read_directly(path: Path, key: str) -> tuple[str, str | None] | None:
+    """Read one row over a separate connection: only committed data is visible."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        row = db.execute("SELECT status, answer FROM responses WHERE key = ?", (key,)).fetchone()
+    return None if row is None else (row[0], row[1])
+
+
+# --- Store -------------------------------------------------------------------------------
+
+
+def test_put_many_then_lookup_returns_equal_results(store: Store) -> None:
+    results = [
+        ok("k1", "a", prompt_tokens=10, completion_tokens=2, attempts=1),
+        Result("k2", FAILED, error="HTTP 400: bad", attempts=3),
+        ok("k3", "ünïcødé ✓", attempts=2),
+    ]
+    store.put_many(results)
+
+    found = store.lookup(["k1", "k2", "k3"])
+    assert found == {r.key: r for r in results}
+    assert found["k2"].answer is None
+    assert found["k1"].raw == '{"a":"a"}'
+
+
+def test_lookup_returns_only_the_keys_asked_for(store: Store) -> None:
+    store.put_many([ok("a"), ok("b"), ok("c")])
+
+    assert set(store.lookup(["a", "c", "missing"])) == {"a", "c"}
+    assert store.lookup([]) == {}
+    assert store.lookup(iter(["b"])) == {"b": ok("b")}
+
+
+def test_lookup_of_more_than_500_keys(store: Store) -> None:
+    results = [ok(f"key-{i:05d}", str(i)) for i in range(1234)]
+    store.put_many(results)
+
+    asked = [r.key for r in results] + [f"absent-{i}" for i in range(300)]
+    found = store.lookup(asked)
+    assert len(found) == 1234
+    assert found["key-01233"].answer == "1233"
+    assert found["key-00500"] == results[500]
+
+
+def test_replace_overwrites_failed_with_ok(store: Store) -> None:
+    store.put_many([Result("k", FAILED, error="timeout", attempts=6)])
+    store.put_many([ok("k", "fine", attempts=1)])
+
+    assert store.lookup(["k"]) == {"k": ok("k", "fine", attempts=1)}
+    assert store.counts() == {OK: 1}
+
+
+def test_counts_by_status(store: Store) -> None:
+    assert store.counts() == {}
+    store.put_many([ok("a"), ok("b"), Result("c", FAILED, error="x")])
+
+    assert store.counts() == {OK: 2, FAILED: 1}
+
+
+def test_put_many_of_nothing_is_harmless(store: Store) -> None:
+    store.put_many([])
+
+    assert store.counts() == {}
+
+
+def test_schema_version_and_wal(store: Store) -> None:
+    with contextlib.closing(sqlite3.connect(store.path)) as db:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        mode = db.execute("PRAGMA journal_mode").fetchone()[0]
+        columns = [row[1] for row in db.execute("PRAGMA table_info(responses)")]
+    assert version == len(MIGRATIONS)
+    assert mode == "wal"
+    assert columns[:2] == ["key", "status"]
+    assert "raw" in columns and "updated_at" in columns
+
+
+def test_reopening_keeps_data_and_does_not_migrate_again(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "dir" / "s.db"  # parents are created
+    first = Store(path)
+    first.put_many([ok("kept", "v")])
+    first.close()
+
+    second = Store(path)
+    try:
+        assert second.lookup(["kept"]) == {"kept": ok("kept", "v")}
+        assert second.counts() == {OK: 1}
+    finally:
+        second.close()
+
+
+def test_committed_data_is_visible_to_other_connections(store: Store) -> None:
+    store.put_many([ok("k", "v")])
+
+    assert read_directly(store.path, "k") == (OK, "v")
+
+
+def test_unopenable_store_is_output_error(tmp_path: Path) -> None:
+    with pytest.raises(OutputError, match="cannot open store"):
+        Store(tmp_path)  # a directory, not a database file
+
+
+def test_file_that_is_not_a_database_is_output_error(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+
+    with pytest.raises(OutputError, match="cannot open store"):
+        Store(path)
+
+
+def test_failed_put_leaves_the_store_usable(store: Store) -> None:
+    with contextlib.suppress(OverflowError, OutputError):
+        store.put_many([ok("huge", prompt_tokens=10**30)])
+
+    store.put_many([ok("next")])
+    assert store.lookup(["next", "huge"]) == {"next": ok("next")}
+
+
+# --- Writer ------------------------------------------------------------------------------
+
+
+class CountingStore(Store):
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.batches: list[list[str]] = []
+
+    def put_many(self, results: list[Result]) -> None:
+        self.batches.append([r.key for r in results])
+        super().put_many(results)
+
+
+class BrokenStore(Store):
+    def __init__(self, path: Path, error: Exception) -> None:
+        super().__init__(path)
+        self.error = error
+
+    def put_many(self, results: list[Result]) -> None:
+        raise self.error
+
+
+def test_puts_in_one_tick_share_one_commit(tmp_path: Path) -> None:
+    store = CountingStore(tmp_path / "s.db")
+
+    async def go() -> None:
+        writer = Writer(store)
+        await asyncio.gather(*(writer.put(ok(f"k{i}")) for i in range(10)))
+        await writer.put(ok("later"))
+
+    try:
+        asyncio.run(go())
+        assert store.batches == [[f"k{i}" for i in range(10)], ["later"]]
+        assert store.counts() == {OK: 11}
+    finally:
+        store.close()
+
+
+def test_put_returns_only_once_the_result_is_committed(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    seen: dict[str, tuple[str, str | None] | None] = {}
+
+    async def worker(writer: Writer, key: str) -> None:
+        await writer.put(ok(key, key.upper()))
+        seen[key] = read_directly(store.path, key)
+
+    async def go() -> None:
+        writer = Writer(store)
+        await asyncio.gather(*(worker(writer, key) for key in "abc"))
+
+    try:
+        asyncio.run(go())
+    finally:
+        store.close()
+    assert seen == {"a": (OK, "A"), "b": (OK, "B"), "c": (OK, "C")}
+
+
+def test_put_does_not_commit_before_the_loop_turns(tmp_path: Path) -> None:
+    store = CountingStore(tmp_path / "s.db")
+
+    async def go() -> None:
+        writer = Writer(store)
+        task = asyncio.ensure_future(writer.put(ok("k")))
+        await asyncio.sleep(0)  # put has queued the result; the flush is scheduled
+        assert store.batches == []
+        await task
+        assert store.batches == [["k"]]
+
+    try:
+        asyncio.run(go())
+    finally:
+        store.close()
+
+
+def test_write_error_reaches_every_waiting_put(tmp_path: Path) -> None:
+    store = BrokenStore(tmp_path / "s.db", OutputError("disk full"))
+
+    async def go() -> list[BaseException | None]:
+        writer = Writer(store)
+        results = await asyncio.gather(
+            *(writer.put(ok(f"k{i}")) for i in range(3)), return_exceptions=True
+        )
+        return list(results)
+
+    try:
+        outcomes = asyncio.run(go())
+    finally:
+        store.close()
+    assert [str(e) for e in outcomes] == ["disk full"] * 3
+    assert all(isinstance(e, OutputError) for e in outcomes)
+
+
+def test_unexpected_write_error_does_not_hang_put(tmp_path: Path) -> None:
+    store = BrokenStore(tmp_path / "s.db", OverflowError("int too large"))
+
+    async def go() -> None:
+        writer = Writer(store)
+        with pytest.raises((OverflowError, OutputError)):  # anything but a hang
+            await asyncio.wait_for(writer.put(ok("k")), timeout=0.2)
+
+    loop = asyncio.new_event_loop()
+    loop.set_exception_handler(lambda loop, context: None)  # the escaped callback error
+    try:
+        loop.run_until_complete(go())
+    finally:
+        loop.close()
+        store.close()
+
+
+# --- Lock --------------------------------------------------------------------------------
+
+
+def test_second_lock_on_the_same_store_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    with Lock(db) as held:
+        assert held.path == tmp_path / "s.db.lock"
+        with pytest.raises(LockError) as info:
+            Lock(db).__enter__()
+    message = str(info.value)
+    assert f"pid {os.getpid()}" in message
+    assert str(db) in message
+
+
+def test_lock_can_be_taken_after_release(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    with Lock(db):
+        pass
+    with Lock(db) as again:
+        assert again.path.read_text() == f"pid {os.getpid()}"
+
+
+def test_locks_on_different_stores_do_not_conflict(tmp_path: Path) -> None:
+    with Lock(tmp_path / "a.db"), Lock(tmp_path / "b.db"):
+        assert (tmp_path / "a.db.lock").exists()
+        assert (tmp_path / "b.db.lock").exists()
+
+
+def test_lock_held_by_another_process_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from pipeline.errors import LockError\n"
+        "from pipeline.store import Lock\n"
+        "try:\n"
+        "    Lock(Path(sys.argv[1])).__enter__()\n"
+        "except LockError as exc:\n"
+        "    print(exc)\n"
+        "    sys.exit(3)\n"
+    )
+    with Lock(db):
+        held = subprocess.run(
+            [sys.executable, "-c", code, str(db)], capture_output=True, text=True, timeout=30
+        )
+    free = subprocess.run(
+        [sys.executable, "-c", code, str(db)], capture_output=True, text=True, timeout=30
+    )
+
+    assert held.returncode == 3, held.stderr
+    assert f"pid {os.getpid()}" in held.stdout
+    assert free.returncode == 0, free.stdout + free.stderr
+
+
+def test_lock_in_uncreatable_folder_is_output_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "out"
+    blocker.write_text("a file where the store folder should be")
+
+    with pytest.raises(OutputError), Lock(blocker / "s.db"):
+        pass
