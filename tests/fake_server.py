@@ -118,6 +118,8 @@ class FakeServer:
         )
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        self.gets: list[str] = []  # paths of GET requests, in arrival order
+        self.model_route = True  # False: no /models/{id} route, as llama.cpp's server
         self._port = port
         self._always: str | None = None
         self._always_as_set: str | int | None = None
@@ -318,6 +320,11 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path = urlsplit(self.path).path.rstrip("/")
         models = self.server.fake.models
+        with self.server.fake._lock:
+            self.server.fake.gets.append(path)
+        if path.startswith("/v1/models/") and not self.server.fake.model_route:
+            self._send_not_found()
+            return
         if path == "/v1/models":
             self._send_json(200, {"object": "list", "data": models})
             return
