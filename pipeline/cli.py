@@ -163,7 +163,7 @@ def cmd_reparse(args: argparse.Namespace) -> int:
 
 def _cost(config: Config, prompt: int, completion: int, found: dict[str, Any] | None) -> Any:
     known = price(config.model, found)
-    return None if known is None else round(known.cost(prompt, completion), 6)
+    return None if known is None else round(known.cost(prompt, completion), 10)
 
 
 def _lookup_model(config: Config) -> dict[str, Any] | None:

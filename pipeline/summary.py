@@ -57,7 +57,7 @@ class Summary:
         data.pop("fail_threshold")
         data["seconds"] = round(self.seconds, 3)
         if self.cost_usd is not None:
-            data["cost_usd"] = round(self.cost_usd, 6)
+            data["cost_usd"] = round(self.cost_usd, 10)
         return data
 
     def to_json(self) -> str:

@@ -17,6 +17,7 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 CLIENT_CPU = 0
@@ -91,7 +92,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.cpu >= 0 and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.cpu})
-    with open(args.input, newline="", encoding="utf-8") as handle:
+    with Path(args.input).open(newline="", encoding="utf-8") as handle:
         texts = [row["text"] for row in csv.DictReader(handle)]
     run = with_httpx if args.client == "httpx" else with_aiohttp
     started = time.perf_counter()

@@ -90,11 +90,10 @@ class Window:
         """Seconds until a request of `tokens` would fit."""
         need_requests = len(self.entries) + 1 - self.max_requests
         need_tokens = self.tokens + tokens - self.max_tokens
-        freed_requests, freed_tokens, until = 0, 0, now
-        for when, used in self.entries:
+        freed_tokens, until = 0, now
+        for freed_requests, (when, used) in enumerate(self.entries):
             if freed_requests >= need_requests and freed_tokens >= need_tokens:
                 break
-            freed_requests += 1
             freed_tokens += used
             until = when + self.window
         return max(0.0, until - now)

@@ -1,0 +1,757 @@
+"""`make bench`: throughput, CPU, memory, rate-limit and fault benchmarks of the pipeline CLI.
+
+Each scenario starts its own mock (`scripts/bench_server.py`, pinned to CPU 1) on a free port
+of 127.0.0.1, runs a client pinned to CPU 0 (the real CLI, or a raw reference loop from
+`scripts/bench_raw.py`), stops the mock and reads its stats. CPU time and peak RSS of a
+client come from `os.wait4`. One Markdown table and the targets (PASS/MISS) are printed at
+the end.
+
+    python scripts/bench.py [--quick] [--only S1,S3] [--s5-sizes 100000,1000000] [--json PATH]
+
+S1 zero-latency throughput: CLI vs raw httpx vs raw aiohttp. S2 client told the server's
+limit (3,000 RPM, 400,000 TPM, 10 s sliding window, 50 ms latency). S3 injected 5xx, drops
+and truncated bodies. S4a/S4b the limit not told, the server sends rate headers (a) or bare
+429s (b). S5 peak RSS over 100 k / 1 M / 10 M Parquet rows, and a resume over 1 M stored rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVER = ROOT / "scripts" / "bench_server.py"
+RAW = ROOT / "scripts" / "bench_raw.py"
+PY = sys.executable
+CLIENT_CPU = 0
+MODEL = "bench-model"
+MAX_TOKENS = 16
+UNSET_KEY_ENV = "PIPELINE_BENCH_NO_KEY"  # removed from the children's environment
+SERVER_START_S = 30.0
+SERVER_STOP_S = 30.0
+POLL_S = 0.01
+RPM, TPM, WINDOW_S, LATENCY_S = 3000, 400_000, 10, 0.05
+GIB_MB = 1024.0
+SCENARIOS = ("S1", "S2", "S3", "S4a", "S4b", "S5")
+
+FULL = {"S1": 20_000, "S2": 2_000, "S3": 5_000, "S4": 3_000, "resume": 1_000_000}
+QUICK = {"S1": 10_000, "S2": 1_000, "S3": 2_000, "S4": 1_500, "resume": 1_000_000}
+S5_FULL = (100_000, 1_000_000, 10_000_000)
+S5_QUICK = (100_000, 1_000_000)
+
+
+# --- results -----------------------------------------------------------------------------
+
+
+@dataclass
+class Line:
+    """One row of the results table."""
+
+    scenario: str
+    client: str
+    rows: int
+    rows_s: float | None = None
+    cpu_1k: float | None = None
+    rss_mb: float | None = None
+    pct_limit: float | None = None
+    r429: int | None = None
+    r429_share: float | None = None
+    lost: int | None = None
+    twice: int | None = None
+    wrong: int | None = None
+    notes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Verdict:
+    """One target and whether it was met."""
+
+    scenario: str
+    target: str
+    measured: str
+    passed: bool
+
+
+@dataclass
+class Child:
+    """A finished client process: exit code, wall time and its rusage."""
+
+    rc: int
+    wall_s: float
+    cpu_s: float
+    rss_mb: float
+    stdout: str
+    stderr: str
+    timed_out: bool
+
+    def summary(self) -> dict[str, Any]:
+        """The CLI's JSON summary (its last stdout line that is an object), or {}."""
+        for line in reversed(self.stdout.splitlines()):
+            if line.startswith("{"):
+                try:
+                    return dict(json.loads(line))
+                except ValueError:
+                    return {}
+        return {}
+
+
+# --- processes ---------------------------------------------------------------------------
+
+
+def child_env() -> dict[str, str]:
+    """The environment for clients: no API key variable, no proxies."""
+    drop = {UNSET_KEY_ENV, "http_proxy", "https_proxy", "all_proxy"}
+    env = {k: v for k, v in os.environ.items() if k.lower() not in drop and k not in drop}
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def pin_client() -> None:
+    """preexec_fn: the client (and every thread it starts) runs on CPU 0."""
+    os.sched_setaffinity(0, {CLIENT_CPU})
+
+
+def run_child(cmd: Sequence[str], logs: Path, timeout_s: float) -> Child:
+    """Run `cmd` pinned to CPU 0; wall time, user+sys CPU and peak RSS from `os.wait4`."""
+    out_path, err_path = logs.with_suffix(".out"), logs.with_suffix(".err")
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            list(cmd), stdout=out, stderr=err, env=child_env(), cwd=ROOT, preexec_fn=pin_client
+        )
+        deadline = started + timeout_s
+        timed_out = False
+        while True:  # bounded by `timeout_s`
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline:
+                timed_out = True
+                proc.kill()
+                pid, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(POLL_S)
+        wall = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return Child(
+        rc=proc.returncode,
+        wall_s=wall,
+        cpu_s=usage.ru_utime + usage.ru_stime,
+        rss_mb=usage.ru_maxrss / 1024.0,
+        stdout=out_path.read_text(errors="replace"),
+        stderr=err_path.read_text(errors="replace"),
+        timed_out=timed_out,
+    )
+
+
+@dataclass
+class Mock:
+    """A running bench server; `stats` is filled once it stopped."""
+
+    port: int
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+
+@contextmanager
+def mock_server(workdir: Path, name: str, *options: str) -> Iterator[Mock]:
+    """Start `bench_server.py` on a free port; on exit SIGTERM it and read its stats."""
+    ready, stats = workdir / f"{name}.server.ready", workdir / f"{name}.server.stats.json"
+    for stale in (ready, stats):
+        stale.unlink(missing_ok=True)
+    cmd = [PY, str(SERVER), "--port", "0", "--ready", str(ready), "--stats", str(stats)]
+    with (workdir / f"{name}.server.log").open("wb") as log:
+        proc = subprocess.Popen([*cmd, *options], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + SERVER_START_S
+        while not ready.exists():  # bounded by SERVER_START_S
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"bench server did not start; see {name}.server.log")
+            time.sleep(POLL_S)
+        mock = Mock(port=int(json.loads(ready.read_text())["port"]))
+        yield mock
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=SERVER_STOP_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if stats.exists():
+        mock.stats = json.loads(stats.read_text())
+
+
+def server_note(stats: dict[str, Any]) -> str:
+    """The mock's own CPU per request, so a saturated server is visible."""
+    requests, cpu, span = stats.get("requests", 0), stats.get("cpu_s", 0.0), stats.get("span_s")
+    if not requests or not cpu:
+        return "server: no requests"
+    busy = f", {100 * cpu / span:.0f}% busy" if span else ""
+    return f"server {1e6 * cpu / requests:.0f} µs/req{busy}"
+
+
+# --- data and config ---------------------------------------------------------------------
+
+
+def text_expr() -> pl.Expr:
+    """A short, unique text per row (the id spelled into a sentence)."""
+    return pl.format("row {}: please label this short message", pl.col("id"))
+
+
+def make_table(path: Path, rows: int) -> Path:
+    """Columns id, text; CSV or Parquet by extension."""
+    if path.exists():
+        return path
+    frame = pl.select(pl.int_range(rows, dtype=pl.Int64).alias("id")).with_columns(text=text_expr())
+    if path.suffix == ".parquet":
+        frame.write_parquet(path)
+    else:
+        frame.write_csv(path)
+    return path
+
+
+def expected(text: str) -> str:
+    """The mock's deterministic answer."""
+    return "ans:" + hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def write_config(folder: Path, name: str, source: Path, base_url: str) -> Path:
+    """A config: template `{{ text }}`, parquet output, concurrency 64, store in `folder`."""
+    config = {
+        "input": {"path": str(source)},
+        "prompt": {"template": "{{ text }}"},
+        "model": {
+            "base_url": base_url,
+            "name": MODEL,
+            "api_key_env": UNSET_KEY_ENV,
+            "params": {"max_tokens": MAX_TOKENS},
+        },
+        "output": {"path": str(folder / f"{name}.parquet"), "include_meta": False},
+        "run": {"concurrency": 64, "max_retries": 5, "store": str(folder / f"{name}.db")},
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def check_output(path: Path, rows: int, sample: int | None = None) -> tuple[int, int]:
+    """(lost, wrong): rows with no answer or missing from the output; answers != expected.
+
+    With `sample`, answers are checked on that many evenly spread rows only (big tables).
+    """
+    if not path.exists():
+        return rows, 0
+    frame = pl.read_parquet(path, columns=["text", "answer"])
+    lost = rows - frame.height + int(frame["answer"].is_null().sum())
+    if sample is not None and frame.height > sample:
+        frame = frame.gather_every(frame.height // sample)
+    answered = frame.filter(pl.col("answer").is_not_null())
+    wrong = sum(
+        answer != expected(text)
+        for text, answer in zip(answered["text"], answered["answer"], strict=True)
+    )
+    return lost, wrong
+
+
+def cli_timeout(rows: int, per_row_s: float = 0.01) -> float:
+    return 120.0 + rows * per_row_s
+
+
+def run_cli(config: Path, logs: Path, rows: int, *overrides: str) -> Child:
+    """`python -m pipeline run CONFIG --no-progress [--set ...]`, pinned to CPU 0."""
+    cmd = [PY, "-m", "pipeline", "run", str(config), "--no-progress"]
+    for item in overrides:
+        cmd += ["--set", item]
+    return run_child(cmd, logs, cli_timeout(rows))
+
+
+def client_line(scenario: str, client: str, rows: int, child: Child, **values: Any) -> Line:
+    """A table line with rows/s, CPU-s per 1,000 rows and peak RSS of `child`."""
+    extra = {"wall_s": round(child.wall_s, 3), "cpu_s": round(child.cpu_s, 3), "rc": child.rc}
+    return Line(
+        scenario,
+        client,
+        rows,
+        rows_s=rows / child.wall_s,
+        cpu_1k=1000.0 * child.cpu_s / rows,
+        rss_mb=child.rss_mb,
+        extra=extra,
+        **values,
+    )
+
+
+def cli_note(child: Child) -> list[str]:
+    """Exit code and the summary's counters worth seeing."""
+    notes = []
+    if child.timed_out:
+        notes.append("TIMED OUT")
+    if child.rc not in (0,):
+        notes.append(f"exit {child.rc}")
+    summary = child.summary()
+    if summary:
+        notes.append(f"sent {summary.get('requests_sent')}, retries {summary.get('retries')}")
+        if summary.get("failed"):
+            notes.append(f"failed {summary['failed']}")
+    elif child.stderr.strip():
+        notes.append("stderr: " + child.stderr.strip().splitlines()[-1][:120])
+    return notes
+
+
+# --- rate-limit metrics ------------------------------------------------------------------
+
+
+def windowed_pct(stats: dict[str, Any], skip_s: int = 10) -> float | None:
+    """Mean over every full window of the run after `skip_s` s of admitted / window limit.
+
+    Windows of `window_s` seconds end at each whole second from skip_s + window_s to the last
+    complete second. Averaging all of them is the time-averaged admitted rate, and does not
+    reward a burst that lands right at the end of a short run.
+    """
+    limit = stats.get("limit") or {}
+    series: list[int] = stats.get("admitted_per_s") or []
+    if not limit.get("rpm") or not series:
+        return None
+    width = round(limit["window_s"])
+    capacity = limit["rpm"] * limit["window_s"] / 60.0
+    last_full = int(stats["span_s"])  # buckets 0..last_full-1 are complete seconds
+    ends = range(skip_s + width, last_full + 1)
+    if not ends:
+        return None
+    sums = [sum(series[end - width : end]) for end in ends]
+    return 100.0 * sum(sums) / len(sums) / capacity
+
+
+def simple_pct(stats: dict[str, Any], skip_s: int = 10) -> float | None:
+    """Admitted after `skip_s` s over the rest of the server's span, as % of the limit."""
+    limit = stats.get("limit") or {}
+    series: list[int] = stats.get("admitted_per_s") or []
+    span = stats.get("span_s", 0.0) - skip_s
+    if not limit.get("rpm") or span <= 1.0:
+        return None
+    return 100.0 * sum(series[skip_s:]) / span / (limit["rpm"] / 60.0)
+
+
+def share_429(stats: dict[str, Any]) -> float | None:
+    requests = stats.get("requests", 0)
+    return stats.get("rate_limited", 0) / requests if requests else None
+
+
+# --- scenarios ---------------------------------------------------------------------------
+
+
+class Bench:
+    """Runs the scenarios; collects table lines and verdicts."""
+
+    def __init__(self, workdir: Path, quick: bool, s5_sizes: list[int], resume_rows: int):
+        self.dir = workdir
+        self.sizes = QUICK if quick else FULL
+        self.s5_sizes = s5_sizes
+        self.resume_rows = resume_rows
+        self.lines: list[Line] = []
+        self.verdicts: list[Verdict] = []
+        self.server_stats: dict[str, dict[str, Any]] = {}
+
+    def log(self, message: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+    def add(self, line: Line) -> Line:
+        self.lines.append(line)
+        self.log(f"{line.scenario} {line.client}: {render_line(line)}")
+        return line
+
+    def target(self, scenario: str, target: str, measured: str, passed: bool) -> None:
+        self.verdicts.append(Verdict(scenario, target, measured, passed))
+
+    def stats_of(self, name: str, mock: Mock) -> dict[str, Any]:
+        self.server_stats[name] = mock.stats
+        return mock.stats
+
+    # S1 ---------------------------------------------------------------------------------
+
+    def s1(self) -> None:
+        rows = self.sizes["S1"]
+        source = make_table(self.dir / f"s1_{rows}.csv", rows)
+        self.log(f"S1: {rows} rows, zero latency, no limit")
+        imports = run_child(
+            [PY, "-c", "import pipeline.cli, pipeline.runner"], self.dir / "s1_imports", 120
+        )
+        with mock_server(self.dir, "s1_cli") as mock:
+            config = write_config(self.dir, "s1", source, mock.base_url)
+            child = run_cli(config, self.dir / "s1_cli", rows)
+        stats = self.stats_of("s1_cli", mock)
+        lost, wrong = check_output(self.dir / "s1.parquet", rows)
+        summary = child.summary()
+        notes = [*cli_note(child), server_note(stats)]
+        notes.append(f"imports alone {imports.cpu_s:.2f} CPU-s, {imports.rss_mb:.0f} MB")
+        if summary.get("seconds"):
+            notes.append(f"run() {rows / summary['seconds']:.0f} rows/s")
+        twice = stats.get("answered_twice")
+        cli = self.add(
+            client_line("S1", "pipeline CLI", rows, child, lost=lost, twice=twice, wrong=wrong)
+        )
+        cli.notes = notes
+        raw: dict[str, Line] = {}
+        for client in ("httpx", "aiohttp"):
+            with mock_server(self.dir, f"s1_{client}") as mock:
+                url = mock.base_url + "/chat/completions"
+                cmd = [PY, str(RAW), client, "--url", url, "--input", str(source)]
+                child = run_child(cmd, self.dir / f"s1_{client}", cli_timeout(rows, 0.02))
+            stats = self.stats_of(f"s1_{client}", mock)
+            try:
+                out = json.loads(child.stdout.strip().splitlines()[-1])
+            except (ValueError, IndexError):
+                out = {"lost": rows, "wrong": 0}
+            notes = [server_note(stats)] + ([f"exit {child.rc}"] if child.rc else [])
+            raw[client] = self.add(
+                client_line(
+                    "S1",
+                    f"raw {client} loop",
+                    rows,
+                    child,
+                    lost=out["lost"],
+                    twice=stats.get("answered_twice"),
+                    wrong=out["wrong"],
+                    notes=notes,
+                )
+            )
+        assert cli.rows_s is not None and cli.cpu_1k is not None
+        self.target("S1", "pipeline ≥ 5,000 rows/s", f"{cli.rows_s:,.0f}", cli.rows_s >= 5000)
+        self.target("S1", "pipeline ≤ 0.20 CPU-s/1k rows", f"{cli.cpu_1k:.3f}", cli.cpu_1k <= 0.20)
+        ref = raw["aiohttp"].cpu_1k or float("nan")
+        self.target(
+            "S1",
+            "pipeline CPU/1k ≤ 1.5x raw aiohttp",
+            f"{cli.cpu_1k / ref:.2f}x ({cli.cpu_1k:.3f} vs {ref:.3f})",
+            cli.cpu_1k <= 1.5 * ref,
+        )
+        self.target(
+            "S1", "pipeline 0 lost, 0 wrong", f"{lost} lost, {wrong} wrong", not lost + wrong
+        )
+
+    # S2 ---------------------------------------------------------------------------------
+
+    def s2(self) -> None:
+        rows = self.sizes["S2"]
+        source = make_table(self.dir / f"s2_{rows}.csv", rows)
+        self.log(f"S2: {rows} rows, {LATENCY_S * 1000:.0f} ms, limit {RPM} RPM told to the CLI")
+        limits = ["--rpm", str(RPM), "--tpm", str(TPM), "--window", str(WINDOW_S)]
+        with mock_server(self.dir, "s2", "--latency", str(LATENCY_S), *limits) as mock:
+            config = write_config(self.dir, "s2", source, mock.base_url)
+            child = run_cli(
+                config,
+                self.dir / "s2_cli",
+                rows,
+                f"run.requests_per_minute={RPM}",
+                f"run.tokens_per_minute={TPM}",
+            )
+        stats = self.stats_of("s2", mock)
+        lost, wrong = check_output(self.dir / "s2.parquet", rows)
+        answered = rows - lost
+        pct = 100.0 * answered / (child.wall_s / 60.0) / RPM
+        span = stats.get("span_s") or 0.0
+        notes = cli_note(child)
+        if span:
+            notes.append(f"{100.0 * stats['requests'] / span * 60 / RPM:.1f}% by server span")
+        windowed = windowed_pct(stats)
+        if windowed is not None:
+            notes.append(f"{windowed:.1f}% windowed after 10 s")
+        share = share_429(stats) or 0.0
+        self.add(
+            client_line(
+                "S2",
+                "pipeline CLI",
+                rows,
+                child,
+                pct_limit=pct,
+                r429=stats.get("rate_limited"),
+                r429_share=share,
+                lost=lost,
+                twice=stats.get("answered_twice"),
+                wrong=wrong,
+                notes=notes,
+            )
+        )
+        self.target("S2", "≥ 97% of RPM limit (rows / wall)", f"{pct:.1f}%", pct >= 97.0)
+        self.target("S2", "< 1% 429", f"{100 * share:.2f}%", share < 0.01)
+        self.target("S2", "0 lost", str(lost), lost == 0)
+
+    # S3 ---------------------------------------------------------------------------------
+
+    def s3(self) -> None:
+        rows = self.sizes["S3"]
+        source = make_table(self.dir / f"s3_{rows}.csv", rows)
+        self.log(f"S3: {rows} rows, 2% 5xx, 1% drops, 1% truncated")
+        faults = ["--error-rate-5xx", "0.02", "--drop-rate", "0.01", "--truncate-rate", "0.01"]
+        with mock_server(self.dir, "s3", *faults, "--seed", "3") as mock:
+            config = write_config(self.dir, "s3", source, mock.base_url)
+            child = run_cli(config, self.dir / "s3_cli", rows)
+        stats = self.stats_of("s3", mock)
+        lost, wrong = check_output(self.dir / "s3.parquet", rows)
+        twice = stats.get("answered_twice") or 0
+        notes = cli_note(child)
+        notes.append(
+            f"injected {stats.get('errors_5xx')} 5xx, {stats.get('drops')} drops, "
+            f"{stats.get('truncated')} truncated"
+        )
+        self.add(
+            client_line(
+                "S3", "pipeline CLI", rows, child, lost=lost, twice=twice, wrong=wrong, notes=notes
+            )
+        )
+        self.target(
+            "S3",
+            "0 lost, 0 wrong, 0 twice",
+            f"{lost} lost, {wrong} wrong, {twice} twice",
+            lost == 0 and wrong == 0 and twice == 0,
+        )
+
+    # S4 ---------------------------------------------------------------------------------
+
+    def s4(self, variant: str) -> None:
+        rows = self.sizes["S4"]
+        headers = variant == "a"
+        source = make_table(self.dir / f"s4_{rows}.csv", rows)
+        what = "rate headers + retry-after" if headers else "bare 429s"
+        self.log(f"S4{variant}: {rows} rows, limit {RPM} RPM not told to the CLI, {what}")
+        options = ["--latency", str(LATENCY_S), "--rpm", str(RPM), "--tpm", str(TPM)]
+        options += ["--window", str(WINDOW_S), "--headers" if headers else "--no-headers"]
+        name = f"s4{variant}"
+        with mock_server(self.dir, name, *options) as mock:
+            config = write_config(self.dir, name, source, mock.base_url)
+            child = run_cli(config, self.dir / f"{name}_cli", rows)
+        stats = self.stats_of(name, mock)
+        lost, wrong = check_output(self.dir / f"{name}.parquet", rows)
+        pct = windowed_pct(stats)
+        share = share_429(stats) or 0.0
+        notes = cli_note(child)
+        simple = simple_pct(stats)
+        if simple is not None:
+            notes.append(f"{simple:.1f}% admitted/span after 10 s")
+        notes.append(f"server span {stats.get('span_s', 0):.1f} s")
+        self.add(
+            client_line(
+                f"S4{variant}",
+                "pipeline CLI",
+                rows,
+                child,
+                pct_limit=pct,
+                r429=stats.get("rate_limited"),
+                r429_share=share,
+                lost=lost,
+                twice=stats.get("answered_twice"),
+                wrong=wrong,
+                notes=notes,
+            )
+        )
+        floor = 90.0 if headers else 80.0
+        shown = "n/a (run too short)" if pct is None else f"{pct:.1f}%"
+        self.target(
+            f"S4{variant}",
+            f"≥ {floor:.0f}% of limit after 10 s",
+            shown,
+            pct is not None and pct >= floor,
+        )
+        self.target(f"S4{variant}", "< 5% 429", f"{100 * share:.1f}%", share < 0.05)
+        self.target(f"S4{variant}", "0 lost", str(lost), lost == 0)
+
+    # S5 ---------------------------------------------------------------------------------
+
+    def s5(self) -> None:
+        sizes = sorted(set(self.s5_sizes))
+        peaks: dict[int, float] = {}
+        resume_config: Path | None = None
+        resume_source: Path | None = None
+        for rows in sizes:
+            self.log(f"S5: {rows:,} Parquet rows, zero latency")
+            source = make_table(self.dir / f"s5_{rows}.parquet", rows)
+            name = f"s5_{rows}"
+            with mock_server(self.dir, name) as mock:
+                config = write_config(self.dir, name, source, mock.base_url)
+                child = run_cli(config, self.dir / f"{name}_cli", rows)
+            stats = self.stats_of(name, mock)
+            lost, wrong = check_output(self.dir / f"{name}.parquet", rows, sample=20_000)
+            peaks[rows] = child.rss_mb
+            notes = [*cli_note(child), server_note(stats), "wrong: 20k-row sample"]
+            twice = stats.get("answered_twice")
+            self.add(
+                client_line("S5", "pipeline CLI", rows, child, lost=lost, twice=twice, wrong=wrong)
+            ).notes = notes
+            if rows == self.resume_rows:
+                resume_config, resume_source = config, source
+        for rows, peak in peaks.items():
+            self.target("S5", f"peak RSS < 1 GiB at {rows:,} rows", f"{peak:.0f} MB", peak < GIB_MB)
+        if len(peaks) >= 2:
+            small, big = sizes[-2], sizes[-1]
+            ratio = peaks[big] / peaks[small]
+            self.target(
+                "S5",
+                f"RSS roughly flat {small:,}→{big:,} (≤ 1.25x)",
+                f"{ratio:.2f}x ({peaks[small]:.0f}→{peaks[big]:.0f} MB)",
+                ratio <= 1.25,
+            )
+        self.s5_resume(resume_config, resume_source)
+
+    def s5_resume(self, config: Path | None, source: Path | None) -> None:
+        rows = self.resume_rows
+        name = f"s5_{rows}"
+        if config is None or source is None:
+            self.log(f"S5 resume: first filling the store with {rows:,} rows")
+            source = make_table(self.dir / f"{name}.parquet", rows)
+            with mock_server(self.dir, f"{name}_fill") as mock:
+                config = write_config(self.dir, name, source, mock.base_url)
+                run_cli(config, self.dir / f"{name}_fill_cli", rows)
+        self.log(f"S5 resume: rerun over {rows:,} stored rows")
+        with mock_server(self.dir, f"{name}_resume") as mock:
+            config = write_config(self.dir, name, source, mock.base_url)
+            child = run_cli(config, self.dir / f"{name}_resume_cli", rows)
+        stats = self.stats_of(f"{name}_resume", mock)
+        lost, wrong = check_output(self.dir / f"{name}.parquet", rows, sample=20_000)
+        summary = child.summary()
+        notes = [*cli_note(child), f"from_store {summary.get('from_store')}"]
+        notes.append(f"server got {stats.get('requests', 0)} requests")
+        self.add(
+            client_line(
+                "S5 resume", "pipeline CLI", rows, child, lost=lost, wrong=wrong, notes=notes
+            )
+        )
+        self.target(
+            "S5",
+            f"resume over {rows:,} stored rows < 5 s",
+            f"{child.wall_s:.1f} s",
+            child.wall_s < 5.0 and stats.get("requests", 0) == 0 and lost == 0,
+        )
+
+
+# --- report ------------------------------------------------------------------------------
+
+HEADER = (
+    "| scenario | client | rows | rows/s | CPU-s/1k rows | peak RSS MB | % of limit | 429s "
+    "| lost | twice | wrong | notes |"
+)
+
+
+def fmt(value: float | int | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def render_line(line: Line) -> str:
+    r429 = "-"
+    if line.r429 is not None:
+        r429 = f"{line.r429} ({100 * (line.r429_share or 0):.1f}%)"
+    cells = [
+        line.scenario,
+        line.client,
+        f"{line.rows:,}",
+        fmt(line.rows_s, ",.0f"),
+        fmt(line.cpu_1k, ".3f"),
+        fmt(line.rss_mb, ".0f"),
+        "-" if line.pct_limit is None else f"{line.pct_limit:.1f}%",
+        r429,
+        fmt(line.lost, "d"),
+        fmt(line.twice, "d"),
+        fmt(line.wrong, "d"),
+        "; ".join(line.notes),
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def report(bench: Bench) -> str:
+    out = [HEADER, "|" + "---|" * 12]
+    out += [render_line(line) for line in bench.lines]
+    out += ["", "| scenario | target | measured | result |", "|---|---|---|---|"]
+    out += [
+        f"| {v.scenario} | {v.target} | {v.measured} | {'PASS' if v.passed else 'MISS'} |"
+        for v in bench.verdicts
+    ]
+    return "\n".join(out)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=(__doc__ or "").splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--only", help=f"comma-separated scenarios: {','.join(SCENARIOS)}")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, S5 at 100k and 1M")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--s5-sizes", help="comma-separated S5 row counts")
+    parser.add_argument("--s5-resume-rows", type=int, default=None, help="default 1,000,000")
+    parser.add_argument("--workdir", type=Path, help="keep inputs, outputs, logs here")
+    return parser.parse_args(argv)
+
+
+@contextmanager
+def workdir_at(keep: Path | None) -> Iterator[Path]:
+    """`keep` (created, kept afterwards) or a temporary folder removed at the end."""
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        yield keep.resolve()
+        return
+    with tempfile.TemporaryDirectory(prefix="pipeline-bench-") as tmp:
+        yield Path(tmp)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {CLIENT_CPU})  # keep CPU 1 for the server
+    chosen = [s.strip() for s in (args.only or ",".join(SCENARIOS)).split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in SCENARIOS and s != "S4"]
+    if unknown:
+        print(f"error: unknown scenario {unknown[0]}; choose from {SCENARIOS}", file=sys.stderr)
+        return 2
+    if "S4" in chosen:
+        chosen = [s for s in chosen if s != "S4"] + ["S4a", "S4b"]
+    if args.s5_sizes:
+        s5_sizes = [int(s.replace("_", "")) for s in args.s5_sizes.split(",") if s.strip()]
+    else:
+        s5_sizes = list(S5_QUICK if args.quick else S5_FULL)
+    sizes = QUICK if args.quick else FULL
+    resume_rows = args.s5_resume_rows or sizes["resume"]
+    with workdir_at(args.workdir) as workdir:
+        bench = Bench(workdir, args.quick, s5_sizes, resume_rows)
+        bench.log(f"workdir {workdir}; scenarios {','.join(chosen)}")
+        started = time.monotonic()
+        for scenario in SCENARIOS:
+            if scenario not in chosen:
+                continue
+            if scenario in ("S4a", "S4b"):
+                bench.s4(scenario[-1])
+            else:
+                getattr(bench, scenario.lower())()
+        table = report(bench)
+        print(table)
+        bench.log(f"done in {time.monotonic() - started:.0f} s")
+        if args.json:
+            data = {
+                "quick": args.quick,
+                "lines": [asdict(line) for line in bench.lines],
+                "verdicts": [asdict(v) for v in bench.verdicts],
+                "server_stats": bench.server_stats,
+            }
+            args.json.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
