@@ -168,7 +168,7 @@ def _cost(config: Config, prompt: int, completion: int, found: dict[str, Any] | 
 
 def _lookup_model(config: Config) -> dict[str, Any] | None:
     """The model object, when the endpoint serves one and answers (used for prices)."""
-    if config.model.pricing is not None:
+    if config.model.pricing is not None or not config.model.preflight:
         return None
     catalog = Catalog(config.model.base_url, api_key_or_none(config))
     try:

@@ -407,9 +407,10 @@ class Bench:
             notes.append(f"run() {rows / summary['seconds']:.0f} rows/s")
         twice = stats.get("answered_twice")
         cli = self.add(
-            client_line("S1", "pipeline CLI", rows, child, lost=lost, twice=twice, wrong=wrong)
+            client_line(
+                "S1", "pipeline CLI", rows, child, lost=lost, twice=twice, wrong=wrong, notes=notes
+            )
         )
-        cli.notes = notes
         raw: dict[str, Line] = {}
         for client in ("httpx", "aiohttp"):
             with mock_server(self.dir, f"s1_{client}") as mock:
