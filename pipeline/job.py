@@ -134,6 +134,7 @@ class Job:
                 chunk.known[key] = self._failed[key]
             elif key in self._inflight:
                 chunk.waiting[key] = self._inflight[key]
+                chunk.waiting[key].add_done_callback(self._advance_by(rows_per_key[key]))
             elif stopped:
                 chunk.known[key] = Result(key, PENDING)
             else:
@@ -141,11 +142,10 @@ class Job:
             if work is not None:
                 future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
                 self._inflight[key] = chunk.waiting[key] = future
+                future.add_done_callback(self._advance_by(rows_per_key[key]))
                 await self._queue.put(work)
             elif key in chunk.known:
                 settled += rows_per_key[key]
-        for key, future in chunk.waiting.items():
-            future.add_done_callback(self._advance_by(rows_per_key[key]))
         if settled:
             self.progress.advance(settled)
         return chunk

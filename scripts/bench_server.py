@@ -2,7 +2,8 @@
 
 POST /v1/chat/completions answers `"ans:" + sha1(last user message)[:12]` after `--latency`
 seconds, with usage prompt_tokens = characters of all messages // 4 (at least 1) and
-completion_tokens = 4. GET /stats returns the counters; SIGTERM/SIGINT writes them to
+completion_tokens = 4. GET /v1/models and /v1/models/{id} serve any model name (so the
+client's preflight passes). GET /stats returns the counters; SIGTERM/SIGINT writes them to
 `--stats` and exits.
 
 Rate limit (`--rpm`/`--tpm`): a sliding window of `--window` seconds admits at most
@@ -42,6 +43,7 @@ from aiohttp import web
 SERVER_CPU = 1
 MAX_SECONDS = 6 * 3600.0  # the server stops by itself after this, whatever happens
 COMPLETION_TOKENS = 4
+MODEL = "bench-model"
 JSON_TYPE = "application/json"
 ERROR_5XX = json.dumps({"error": {"message": "injected server error"}}).encode()
 ERROR_429 = json.dumps({"error": {"message": "rate limited"}}).encode()
@@ -158,6 +160,8 @@ class Mock:
         chars = 0
         for message in messages:
             text = message.get("content") or ""
+            if not isinstance(text, str):  # content parts: count and answer the text parts
+                text = "".join(p.get("text", "") for p in text if isinstance(p, dict))
             chars += len(text)
             if message.get("role") == "user":
                 content = text
@@ -229,6 +233,7 @@ class Mock:
 
     def stats(self) -> dict[str, Any]:
         """The counters as one JSON-able object."""
+        cpu = time.process_time() - self.cpu0 if self.requests else 0.0  # before numpy loads
         distinct = twice = 0
         if len(self.answered):
             import numpy as np
@@ -237,7 +242,6 @@ class Mock:
             _, counts = np.unique(hashes, return_counts=True)
             distinct, twice = int(counts.size), int((counts > 1).sum())
         window = self.window
-        cpu = time.process_time() - self.cpu0 if self.requests else 0.0
         return {
             "requests": self.requests,
             "ok": self.ok,
@@ -263,6 +267,18 @@ class Mock:
         """GET /stats."""
         return web.json_response(self.stats())
 
+    async def models(self, request: web.Request) -> web.Response:
+        """GET /v1/models: the one model, whatever name the client uses."""
+        return web.json_response({"object": "list", "data": [model_object(MODEL)]})
+
+    async def model(self, request: web.Request) -> web.Response:
+        """GET /v1/models/{id}: every id is served (no pricing, no request schema)."""
+        return web.json_response(model_object(request.match_info["id"]))
+
+
+def model_object(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "owned_by": "bench"}
+
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write atomically."""
@@ -277,6 +293,8 @@ async def serve(args: argparse.Namespace) -> None:
     app = web.Application()
     app.router.add_post("/v1/chat/completions", mock.complete)
     app.router.add_get("/stats", mock.get_stats)
+    app.router.add_get("/v1/models", mock.models)
+    app.router.add_get("/v1/models/{id:.+}", mock.model)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", args.port, backlog=1024)
