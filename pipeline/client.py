@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from .errors import AuthError, FatalRequestError, RateLimited, RetryableError
+from .ratelimit import rate_headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +100,7 @@ def raise_for_status(status: int, text: str, headers: httpx.Headers) -> None:
     detail = error_detail(status, text)
     message = f"HTTP {status}: {detail}"
     if status == 429:
-        raise RateLimited(message, retry_after=retry_after(headers))
+        raise RateLimited(message, retry_after=retry_after(headers), rate=rate_headers(headers))
     if status >= 500 or status in (408, 409):
         raise RetryableError(message, status=status)
     if status in (401, 403, 404):

@@ -50,9 +50,12 @@ class RetryableError(RequestError):
 class RateLimited(RetryableError):
     """The server answered 429; `retry_after` is its advice in seconds, if any."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, rate: object = None
+    ) -> None:
         super().__init__(message, status=429)
         self.retry_after = retry_after
+        self.rate = rate  # the response's RateHeaders, if it sent any
 
 
 class FatalRequestError(RequestError):

@@ -2,8 +2,11 @@
 
 Each budget is a GCRA token bucket ("theoretical arrival time"): requests leave evenly
 spaced, never as a burst at the top of a minute. Tokens are reserved from the estimate
-before sending and settled with the response's `usage`. A 429 pauses every worker until
-the server's `Retry-After`, lowers the rate, and the rate then climbs back.
+before sending and settled with the response's `usage`. The server's `x-ratelimit-*`
+headers set or tighten the budgets and pause everyone when one runs out. A 429 pauses every
+worker until `Retry-After` / `x-ratelimit-reset-*` (or a doubling pause when the server says
+nothing), lowers the rate, and the rate then climbs back. With no budget configured, the
+first 429 sets one from the rate that the server accepted: the limit is learned.
 Clock and sleep are injected so tests run without waiting.
 """
 
@@ -11,7 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
+
+from .ratelimit import Budget, RateHeaders
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -19,7 +25,9 @@ Sleep = Callable[[float], Awaitable[None]]
 BACKOFF_FACTOR = 0.7  # rate multiplier after a 429
 RECOVERY_STEP = 0.05  # rate fraction regained per quiet RECOVERY_S
 RECOVERY_S = 5.0
-DEFAULT_PAUSE_S = 1.0  # pause after a 429 that names no Retry-After
+DEFAULT_PAUSE_S = 1.0  # pause after a 429 that names no wait; doubles while 429s go on
+MAX_PAUSE_S = 16.0
+ACCEPTED_WINDOW_S = 10.0  # how far back the accepted rate is measured when learning
 
 
 class _Bucket:
@@ -52,15 +60,24 @@ class Limiter:
     ) -> None:
         self._requests = _Bucket(requests_per_minute) if requests_per_minute else None
         self._tokens = _Bucket(tokens_per_minute) if tokens_per_minute else None
+        self._told = (requests_per_minute, tokens_per_minute)
         self._clock = clock
         self._sleep = sleep
         self.factor = 1.0
         self.paused_until = 0.0
         self._last_change = float("-inf")
+        self._pause_s = DEFAULT_PAUSE_S
         self.rate_limited = 0
+        self._learning = requests_per_minute is None
+        self._accepted: deque[float] = deque()  # when answers arrived, while learning
 
-    async def acquire(self, tokens: int) -> None:
-        """Wait until one request of `tokens` estimated tokens may be sent."""
+    @property
+    def requests_per_minute(self) -> float | None:
+        """The request budget in force (None: unlimited), the factor included."""
+        return None if self._requests is None else self._requests.per_minute * self.factor
+
+    async def acquire(self, tokens: int) -> float:
+        """Wait until one request of `tokens` estimated tokens may be sent; return when."""
         while True:
             now = self._clock()
             if now < self.paused_until:
@@ -75,27 +92,82 @@ class Limiter:
             if start > now:
                 await self._sleep(start - now)
             if self._clock() >= self.paused_until:
-                return
+                return max(start, now)
             # A 429 arrived while we waited: our slot is void, queue again after the pause.
 
     def settle(self, estimated: int, actual: int) -> None:
-        """Correct the token budget with the real usage of a finished request."""
+        """An answer arrived: correct the token budget with its real usage."""
+        self._pause_s = DEFAULT_PAUSE_S
+        if self._learning:
+            now = self._clock()
+            self._accepted.append(now)
+            while self._accepted[0] < now - ACCEPTED_WINDOW_S:
+                self._accepted.popleft()
         if self._tokens is not None and actual > 0:
             self._tokens.refund(estimated - actual, self.factor)
 
-    def rate_limited_by_server(self, retry_after: float | None) -> None:
-        """A 429: pause everyone and lower the rate."""
+    def observe(self, rate: RateHeaders | None) -> None:
+        """Take the server's budgets from a response's `x-ratelimit-*` headers."""
+        if rate is None:
+            return
+        self._requests = self._adopt(self._requests, rate.requests.limit, self._told[0])
+        self._tokens = self._adopt(self._tokens, rate.tokens.limit, self._told[1])
+        if self._requests is not None:
+            self._learning = False
+        self._pause_for(rate.requests, self._clock())
+        self._pause_for(rate.tokens, self._clock())
+
+    @staticmethod
+    def _adopt(bucket: _Bucket | None, limit: float | None, told: float | None) -> _Bucket | None:
+        if not limit:
+            return bucket
+        per_minute = min(limit, told) if told else limit
+        if bucket is None:
+            return _Bucket(per_minute)
+        bucket.per_minute = per_minute
+        return bucket
+
+    def _pause_for(self, budget: Budget, now: float) -> None:
+        if budget.remaining is not None and budget.remaining < 1 and budget.reset_s:
+            self.paused_until = max(self.paused_until, now + budget.reset_s)
+
+    def rate_limited_by_server(
+        self,
+        retry_after: float | None,
+        *,
+        sent_at: float | None = None,
+        rate: RateHeaders | None = None,
+    ) -> None:
+        """A 429: pause everyone and, once per burst, lower the rate."""
         now = self._clock()
         self.rate_limited += 1
-        self.paused_until = max(self.paused_until, now + (retry_after or DEFAULT_PAUSE_S))
-        if now - self._last_change > 1.0:  # one cut per burst of 429s
+        resets = [b.reset_s for b in (rate.requests, rate.tokens) if b.reset_s] if rate else []
+        wait = retry_after if retry_after is not None else max(resets, default=None)
+        if wait is None:
+            wait, self._pause_s = self._pause_s, min(MAX_PAUSE_S, self._pause_s * 2)
+        self.paused_until = max(self.paused_until, now + wait)
+        self.observe(rate)
+        # A 429 for a request sent before the last cut was caused by the old rate.
+        burst_over = (
+            sent_at > self._last_change if sent_at is not None else now - self._last_change > 1.0
+        )
+        if not burst_over:
+            return
+        self._last_change = now
+        if self._requests is None:
+            span = min(ACCEPTED_WINDOW_S, now - self._accepted[0]) if self._accepted else 0.0
+            if len(self._accepted) > 1 and span > 0:  # else: nothing to learn from yet
+                accepted = len(self._accepted) / span * 60.0
+                self._requests = _Bucket(max(1.0, accepted * BACKOFF_FACTOR))
+        else:
             self.factor = max(0.05, self.factor * BACKOFF_FACTOR)
-            self._last_change = now
 
     def _recover(self, now: float) -> None:
-        if self.factor >= 1.0:
+        if self._last_change == float("-inf") or (self.factor >= 1.0 and not self._learning):
             return
         steps = int((now - self._last_change) // RECOVERY_S)
         if steps > 0:
-            self.factor = min(1.0, self.factor + steps * RECOVERY_STEP)
+            self.factor += steps * RECOVERY_STEP
+            if not self._learning:
+                self.factor = min(1.0, self.factor)
             self._last_change += steps * RECOVERY_S

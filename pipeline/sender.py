@@ -14,6 +14,7 @@ from .config import Config
 from .errors import AuthError, FatalRequestError, RateLimited, RetryableError
 from .limiter import Limiter
 from .models import Price
+from .ratelimit import RateHeaders, rate_headers
 from .records import FAILED, OK, PENDING, Request, Result
 from .retry import policy
 
@@ -101,19 +102,19 @@ class Sender:
         )
 
     async def _attempt(self, request: Request) -> Completion:
-        await self._limiter.acquire(request.est_tokens)
-        if self.stop_reason is not None:
-            raise _Stopped
-        if self._client is None:
+        sent_at = await self._limiter.acquire(request.est_tokens)
+        if self.stop_reason is not None or self._client is None:
             raise _Stopped
         self.counters.requests_sent += 1
         try:
             completion = await self._client.complete(request.body)
         except RateLimited as exc:
-            self._limiter.rate_limited_by_server(exc.retry_after)
+            rate = exc.rate if isinstance(exc.rate, RateHeaders) else None
+            self._limiter.rate_limited_by_server(exc.retry_after, sent_at=sent_at, rate=rate)
             raise
         used = completion.prompt_tokens + completion.completion_tokens
         self._limiter.settle(request.est_tokens, used)
+        self._limiter.observe(rate_headers(completion.headers))
         self.counters.prompt_tokens += completion.prompt_tokens
         self.counters.completion_tokens += completion.completion_tokens
         if self.price is not None:

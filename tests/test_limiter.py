@@ -14,6 +14,7 @@ from pipeline.limiter import (
     RECOVERY_STEP,
     Limiter,
 )
+from pipeline.ratelimit import RateHeaders
 
 START = 1000.0  # a realistic monotonic clock reading
 
@@ -306,3 +307,93 @@ def test_first_429_lowers_rate_even_when_clock_starts_at_zero() -> None:
     limiter.rate_limited_by_server(retry_after=1)
 
     assert limiter.factor == pytest.approx(BACKOFF_FACTOR)
+
+
+# --- the server's word: headers, bare 429s, learning -----------------------------------------
+
+
+def headers(limit: float | None, remaining: float | None, reset: str | None) -> RateHeaders:
+    from pipeline.ratelimit import rate_headers
+
+    raw = {}
+    if limit is not None:
+        raw["x-ratelimit-limit-requests"] = str(limit)
+    if remaining is not None:
+        raw["x-ratelimit-remaining-requests"] = str(remaining)
+    if reset is not None:
+        raw["x-ratelimit-reset-requests"] = reset
+    found = rate_headers(raw)
+    assert found is not None
+    return found
+
+
+def test_limit_header_sets_the_budget_when_none_was_told() -> None:
+    limiter, fake = make()
+    limiter.observe(headers(600, 500, "1s"))
+    assert limiter.requests_per_minute == 600
+    times = send_times(limiter, fake, 3)
+    assert times == pytest.approx([START, START + 0.1, START + 0.2])
+
+
+def test_limit_header_never_raises_a_told_budget() -> None:
+    limiter, _ = make(rpm=300)
+    limiter.observe(headers(600, 500, "1s"))
+    assert limiter.requests_per_minute == 300
+    limiter.observe(headers(120, 100, "1s"))
+    assert limiter.requests_per_minute == 120
+
+
+def test_no_remaining_requests_pauses_until_the_reset() -> None:
+    limiter, fake = make()
+    limiter.observe(headers(600, 0, "1.5s"))
+    acquire(limiter)
+    assert fake.now == pytest.approx(START + 1.5)
+
+
+def test_429_with_only_a_reset_header_waits_for_the_reset() -> None:
+    limiter, fake = make(rpm=600)
+    limiter.rate_limited_by_server(None, rate=headers(600, 0, "2.5s"))
+    acquire(limiter)
+    assert fake.now == pytest.approx(START + 2.5)
+
+
+def test_bare_429s_double_the_pause_until_an_answer_arrives() -> None:
+    limiter, fake = make(rpm=600)
+    pauses = []
+    for _ in range(6):
+        before = fake.now
+        limiter.rate_limited_by_server(None)
+        pauses.append(limiter.paused_until - before)
+        fake.now = limiter.paused_until
+    assert pauses == pytest.approx([1, 2, 4, 8, 16, 16])
+    limiter.settle(10, 10)
+    limiter.rate_limited_by_server(None)
+    assert limiter.paused_until - fake.now == pytest.approx(DEFAULT_PAUSE_S)
+
+
+def test_429s_of_requests_sent_before_the_cut_do_not_cut_again() -> None:
+    limiter, fake = make(rpm=600)
+    sent = asyncio.run(limiter.acquire(1))
+    fake.now += 0.5
+    limiter.rate_limited_by_server(0.1, sent_at=sent)
+    limiter.rate_limited_by_server(0.1, sent_at=sent)  # in flight at the same time
+    assert limiter.factor == pytest.approx(BACKOFF_FACTOR)
+    fake.now += 2
+    later = asyncio.run(limiter.acquire(1))
+    limiter.rate_limited_by_server(0.1, sent_at=later)
+    assert limiter.factor == pytest.approx(BACKOFF_FACTOR**2)
+
+
+def test_with_no_budget_the_first_429_learns_one_from_the_accepted_rate() -> None:
+    limiter, fake = make()
+    for _ in range(21):  # 20 answers a second for a second
+        limiter.settle(1, 1)
+        fake.now += 0.05
+    assert limiter.requests_per_minute is None
+    limiter.rate_limited_by_server(1.0, sent_at=fake.now)
+    learned = limiter.requests_per_minute
+    assert learned == pytest.approx(21 / 1.05 * 60 * BACKOFF_FACTOR)
+    # A learned budget may climb past where it started: the real limit may be higher.
+    fake.now += 10 * RECOVERY_S
+    acquire(limiter)
+    assert limiter.requests_per_minute == pytest.approx(learned * (1 + 10 * RECOVERY_STEP))
