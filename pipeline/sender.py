@@ -63,33 +63,26 @@ class Sender:
 
     async def send(self, request: Request) -> Result:
         """The row's result: answered, failed (with the error) or pending (run stopped)."""
-        attempts = 0
+        tries = [0]
         try:
-            async for attempt in policy(self._config.run.max_retries):
-                with attempt:
-                    attempts += 1
-                    if self.stop_reason is not None:
-                        raise _Stopped
-                    if attempts > 1:
-                        self.counters.retries += 1
-                    completion = await self._attempt(request)
+            completion = await self._send_with_retries(request, tries)
         except _Stopped:
-            return Result(request.key, PENDING, attempts=attempts - 1)
+            return Result(request.key, PENDING, attempts=tries[0] - 1)
         except AuthError as exc:
             self._auth_failures += 1
             if self._auth_failures >= AUTH_STOP_AFTER:
                 self.stop(self._auth_advice(exc))
-            return Result(request.key, FAILED, error=str(exc), attempts=attempts)
+            return Result(request.key, FAILED, error=str(exc), attempts=tries[0])
         except FatalRequestError as exc:
             self._auth_failures = 0
-            return Result(request.key, FAILED, error=str(exc), attempts=attempts)
+            return Result(request.key, FAILED, error=str(exc), attempts=tries[0])
         except RetryableError as exc:
-            error = f"{exc} (gave up after {attempts} attempts)"
-            return Result(request.key, FAILED, error=error, attempts=attempts)
+            error = f"{exc} (gave up after {tries[0]} attempts)"
+            return Result(request.key, FAILED, error=error, attempts=tries[0])
         except Exception as exc:  # the per-row boundary: record, never swallow
             log.exception("unexpected error on request %s", request.key)
             error = f"{type(exc).__name__}: {exc}"
-            return Result(request.key, FAILED, error=error, attempts=attempts)
+            return Result(request.key, FAILED, error=error, attempts=tries[0])
         self._auth_failures = 0
         return Result(
             request.key,
@@ -98,8 +91,29 @@ class Sender:
             raw=completion.raw,
             prompt_tokens=completion.prompt_tokens,
             completion_tokens=completion.completion_tokens,
-            attempts=attempts,
+            attempts=tries[0],
         )
+
+    async def _send_with_retries(self, request: Request, tries: list[int]) -> Completion:
+        """One plain try; the retry policy takes over only after a retryable failure."""
+        tries[0] = 1
+        if self.stop_reason is not None:
+            raise _Stopped
+        try:
+            return await self._attempt(request)
+        except RetryableError as exc:
+            failure: RetryableError | None = exc
+        async for attempt in policy(self._config.run.max_retries):
+            with attempt:
+                if failure is not None:
+                    replay, failure = failure, None
+                    raise replay  # the first try, replayed so that the policy counts it
+                tries[0] += 1
+                if self.stop_reason is not None:
+                    raise _Stopped
+                self.counters.retries += 1
+                return await self._attempt(request)
+        raise AssertionError("the retry policy re-raises the last error")
 
     async def _attempt(self, request: Request) -> Completion:
         sent_at = await self._limiter.acquire(request.est_tokens)

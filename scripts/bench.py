@@ -45,6 +45,7 @@ UNSET_KEY_ENV = "PIPELINE_BENCH_NO_KEY"  # removed from the children's environme
 SERVER_START_S = 30.0
 SERVER_STOP_S = 30.0
 POLL_S = 0.01
+RSS_EVERY_S = 1.0
 RPM, TPM, WINDOW_S, LATENCY_S = 3000, 400_000, 10, 0.05
 GIB_MB = 1024.0
 SCENARIOS = ("S1", "S2", "S3", "S4a", "S4b", "S5")
@@ -99,6 +100,14 @@ class Child:
     stdout: str
     stderr: str
     timed_out: bool
+    rss_series: list[tuple[float, float]] = field(default_factory=list)  # (s, MB) every s
+
+    def rss_at(self, fraction: float) -> float | None:
+        """RSS sampled at `fraction` of the run's wall time (None without samples)."""
+        if not self.rss_series:
+            return None
+        moment = fraction * self.wall_s
+        return min(self.rss_series, key=lambda sample: abs(sample[0] - moment))[1]
 
     def summary(self) -> dict[str, Any]:
         """The CLI's JSON summary (its last stdout line that is an object), or {}."""
@@ -137,10 +146,18 @@ def run_child(cmd: Sequence[str], logs: Path, timeout_s: float) -> Child:
         )
         deadline = started + timeout_s
         timed_out = False
+        series: list[tuple[float, float]] = []
+        next_sample = started
         while True:  # bounded by `timeout_s`
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
+            now = time.perf_counter()
+            if now >= next_sample:
+                rss = current_rss_mb(proc.pid)
+                if rss is not None:
+                    series.append((round(now - started, 2), rss))
+                next_sample = now + RSS_EVERY_S
             if time.perf_counter() > deadline:
                 timed_out = True
                 proc.kill()
@@ -157,7 +174,19 @@ def run_child(cmd: Sequence[str], logs: Path, timeout_s: float) -> Child:
         stdout=out_path.read_text(errors="replace"),
         stderr=err_path.read_text(errors="replace"),
         timed_out=timed_out,
+        rss_series=series,
     )
+
+
+def current_rss_mb(pid: int) -> float | None:
+    """VmRSS of a running process, from /proc (None when unavailable)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 @dataclass
@@ -235,8 +264,23 @@ def expected(text: str) -> str:
     return "ans:" + hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
-def write_config(folder: Path, name: str, source: Path, base_url: str) -> Path:
-    """A config: template `{{ text }}`, parquet output, concurrency 64, store in `folder`."""
+def output_of(folder: Path, name: str) -> Path:
+    """Where the run `name` writes its output."""
+    return folder / f"{name}.out.parquet"
+
+
+def write_config(
+    folder: Path, name: str, source: Path, base_url: str, *, fresh: bool = True
+) -> Path:
+    """A config: template `{{ text }}`, parquet output, concurrency 64, store in `folder`.
+
+    `fresh` deletes the store and output of an earlier run of the same name first.
+    """
+    store = folder / f"{name}.db"
+    if fresh:
+        for old in (store, output_of(folder, name)):
+            for path in (old, old.with_name(old.name + "-wal"), old.with_name(old.name + "-shm")):
+                path.unlink(missing_ok=True)
     config = {
         "input": {"path": str(source)},
         "prompt": {"template": "{{ text }}"},
@@ -246,8 +290,8 @@ def write_config(folder: Path, name: str, source: Path, base_url: str) -> Path:
             "api_key_env": UNSET_KEY_ENV,
             "params": {"max_tokens": MAX_TOKENS},
         },
-        "output": {"path": str(folder / f"{name}.parquet"), "include_meta": False},
-        "run": {"concurrency": 64, "max_retries": 5, "store": str(folder / f"{name}.db")},
+        "output": {"path": str(output_of(folder, name)), "include_meta": False},
+        "run": {"concurrency": 64, "max_retries": 5, "store": str(store)},
     }
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
@@ -390,7 +434,7 @@ class Bench:
 
     def s1(self) -> None:
         rows = self.sizes["S1"]
-        source = make_table(self.dir / f"s1_{rows}.csv", rows)
+        source = make_table(self.dir / f"input_{rows}.csv", rows)
         self.log(f"S1: {rows} rows, zero latency, no limit")
         imports = run_child(
             [PY, "-c", "import pipeline.cli, pipeline.runner"], self.dir / "s1_imports", 120
@@ -399,7 +443,7 @@ class Bench:
             config = write_config(self.dir, "s1", source, mock.base_url)
             child = run_cli(config, self.dir / "s1_cli", rows)
         stats = self.stats_of("s1_cli", mock)
-        lost, wrong = check_output(self.dir / "s1.parquet", rows)
+        lost, wrong = check_output(output_of(self.dir, "s1"), rows)
         summary = child.summary()
         notes = [*cli_note(child), server_note(stats)]
         notes.append(f"imports alone {imports.cpu_s:.2f} CPU-s, {imports.rss_mb:.0f} MB")
@@ -453,7 +497,7 @@ class Bench:
 
     def s2(self) -> None:
         rows = self.sizes["S2"]
-        source = make_table(self.dir / f"s2_{rows}.csv", rows)
+        source = make_table(self.dir / f"input_{rows}.csv", rows)
         self.log(f"S2: {rows} rows, {LATENCY_S * 1000:.0f} ms, limit {RPM} RPM told to the CLI")
         limits = ["--rpm", str(RPM), "--tpm", str(TPM), "--window", str(WINDOW_S)]
         with mock_server(self.dir, "s2", "--latency", str(LATENCY_S), *limits) as mock:
@@ -466,7 +510,7 @@ class Bench:
                 f"run.tokens_per_minute={TPM}",
             )
         stats = self.stats_of("s2", mock)
-        lost, wrong = check_output(self.dir / "s2.parquet", rows)
+        lost, wrong = check_output(output_of(self.dir, "s2"), rows)
         answered = rows - lost
         pct = 100.0 * answered / (child.wall_s / 60.0) / RPM
         span = stats.get("span_s") or 0.0
@@ -500,14 +544,14 @@ class Bench:
 
     def s3(self) -> None:
         rows = self.sizes["S3"]
-        source = make_table(self.dir / f"s3_{rows}.csv", rows)
+        source = make_table(self.dir / f"input_{rows}.csv", rows)
         self.log(f"S3: {rows} rows, 2% 5xx, 1% drops, 1% truncated")
         faults = ["--error-rate-5xx", "0.02", "--drop-rate", "0.01", "--truncate-rate", "0.01"]
         with mock_server(self.dir, "s3", *faults, "--seed", "3") as mock:
             config = write_config(self.dir, "s3", source, mock.base_url)
             child = run_cli(config, self.dir / "s3_cli", rows)
         stats = self.stats_of("s3", mock)
-        lost, wrong = check_output(self.dir / "s3.parquet", rows)
+        lost, wrong = check_output(output_of(self.dir, "s3"), rows)
         twice = stats.get("answered_twice") or 0
         notes = cli_note(child)
         notes.append(
@@ -531,7 +575,7 @@ class Bench:
     def s4(self, variant: str) -> None:
         rows = self.sizes["S4"]
         headers = variant == "a"
-        source = make_table(self.dir / f"s4_{rows}.csv", rows)
+        source = make_table(self.dir / f"input_{rows}.csv", rows)
         what = "rate headers + retry-after" if headers else "bare 429s"
         self.log(f"S4{variant}: {rows} rows, limit {RPM} RPM not told to the CLI, {what}")
         options = ["--latency", str(LATENCY_S), "--rpm", str(RPM), "--tpm", str(TPM)]
@@ -541,7 +585,7 @@ class Bench:
             config = write_config(self.dir, name, source, mock.base_url)
             child = run_cli(config, self.dir / f"{name}_cli", rows)
         stats = self.stats_of(name, mock)
-        lost, wrong = check_output(self.dir / f"{name}.parquet", rows)
+        lost, wrong = check_output(output_of(self.dir, name), rows)
         pct = windowed_pct(stats)
         share = share_429(stats) or 0.0
         notes = cli_note(child)
@@ -580,25 +624,31 @@ class Bench:
     def s5(self) -> None:
         sizes = sorted(set(self.s5_sizes))
         peaks: dict[int, float] = {}
-        resume_config: Path | None = None
         resume_source: Path | None = None
         for rows in sizes:
             self.log(f"S5: {rows:,} Parquet rows, zero latency")
-            source = make_table(self.dir / f"s5_{rows}.parquet", rows)
+            source = make_table(self.dir / f"input_{rows}.parquet", rows)
             name = f"s5_{rows}"
             with mock_server(self.dir, name) as mock:
                 config = write_config(self.dir, name, source, mock.base_url)
                 child = run_cli(config, self.dir / f"{name}_cli", rows)
             stats = self.stats_of(name, mock)
-            lost, wrong = check_output(self.dir / f"{name}.parquet", rows, sample=20_000)
+            lost, wrong = check_output(output_of(self.dir, name), rows, sample=20_000)
             peaks[rows] = child.rss_mb
             notes = [*cli_note(child), server_note(stats), "wrong: 20k-row sample"]
+            early, late = child.rss_at(0.1), child.rss_at(0.9)
+            if early is not None and late is not None:
+                notes.append(f"RSS at 10% of the run {early:.0f} MB, at 90% {late:.0f} MB")
+            store = self.dir / f"{name}.db"
+            if store.exists():
+                notes.append(f"store {store.stat().st_size / 2**20:.0f} MB")
             twice = stats.get("answered_twice")
-            self.add(
-                client_line("S5", "pipeline CLI", rows, child, lost=lost, twice=twice, wrong=wrong)
-            ).notes = notes
-            if rows == self.resume_rows:
-                resume_config, resume_source = config, source
+            line = client_line("S5", "pipeline CLI", rows, child, lost=lost, twice=twice)
+            line.wrong, line.notes = wrong, notes
+            line.extra["rss_series"] = child.rss_series
+            self.add(line)
+            if rows == self.resume_rows and child.rc == 0:
+                resume_source = source
         for rows, peak in peaks.items():
             self.target("S5", f"peak RSS < 1 GiB at {rows:,} rows", f"{peak:.0f} MB", peak < GIB_MB)
         if len(peaks) >= 2:
@@ -606,27 +656,28 @@ class Bench:
             ratio = peaks[big] / peaks[small]
             self.target(
                 "S5",
-                f"RSS roughly flat {small:,}→{big:,} (≤ 1.25x)",
+                f"RSS roughly flat {small:,}→{big:,} (≤ 1.25x; stated for 1M→10M)",
                 f"{ratio:.2f}x ({peaks[small]:.0f}→{peaks[big]:.0f} MB)",
                 ratio <= 1.25,
             )
-        self.s5_resume(resume_config, resume_source)
+        self.s5_resume(resume_source)
 
-    def s5_resume(self, config: Path | None, source: Path | None) -> None:
+    def s5_resume(self, source: Path | None) -> None:
+        """Rerun over a store that holds every row (`source` given: filled by the S5 run)."""
         rows = self.resume_rows
         name = f"s5_{rows}"
-        if config is None or source is None:
+        if source is None:
             self.log(f"S5 resume: first filling the store with {rows:,} rows")
-            source = make_table(self.dir / f"{name}.parquet", rows)
+            source = make_table(self.dir / f"input_{rows}.parquet", rows)
             with mock_server(self.dir, f"{name}_fill") as mock:
-                config = write_config(self.dir, name, source, mock.base_url)
-                run_cli(config, self.dir / f"{name}_fill_cli", rows)
+                filled = write_config(self.dir, name, source, mock.base_url)
+                run_cli(filled, self.dir / f"{name}_fill_cli", rows)
         self.log(f"S5 resume: rerun over {rows:,} stored rows")
         with mock_server(self.dir, f"{name}_resume") as mock:
-            config = write_config(self.dir, name, source, mock.base_url)
+            config = write_config(self.dir, name, source, mock.base_url, fresh=False)
             child = run_cli(config, self.dir / f"{name}_resume_cli", rows)
         stats = self.stats_of(f"{name}_resume", mock)
-        lost, wrong = check_output(self.dir / f"{name}.parquet", rows, sample=20_000)
+        lost, wrong = check_output(output_of(self.dir, name), rows, sample=20_000)
         summary = child.summary()
         notes = [*cli_note(child), f"from_store {summary.get('from_store')}"]
         notes.append(f"server got {stats.get('requests', 0)} requests")
@@ -639,7 +690,11 @@ class Bench:
             "S5",
             f"resume over {rows:,} stored rows < 5 s",
             f"{child.wall_s:.1f} s",
-            child.wall_s < 5.0 and stats.get("requests", 0) == 0 and lost == 0,
+            child.rc == 0
+            and summary.get("from_store") == rows
+            and stats.get("requests", 0) == 0
+            and lost == 0
+            and child.wall_s < 5.0,
         )
 
 
