@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import httpx
+import yarl
 
 from .errors import AuthError, FatalRequestError, RateLimited, RetryableError
 from .ratelimit import rate_headers
@@ -128,6 +129,7 @@ class ChatClient:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.url = base_url.rstrip("/") + "/chat/completions"
+        self._url = yarl.URL(self.url)  # parsed once, not per request
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
@@ -164,9 +166,10 @@ class ChatClient:
             await self._session.close()
             self._session = None
 
-    async def complete(self, body: dict[str, Any]) -> Completion:
+    async def complete(self, body: dict[str, Any], payload: bytes | None = None) -> Completion:
         """Send one request; raise `RetryableError`, `RateLimited` or `FatalRequestError`."""
-        payload = json.dumps(body, ensure_ascii=False).encode()
+        if payload is None:
+            payload = json.dumps(body, ensure_ascii=False).encode()
         if self._httpx is not None:
             status, text, headers = await self._post_httpx(self._httpx, payload)
         else:
@@ -180,7 +183,7 @@ class ChatClient:
         self, session: aiohttp.ClientSession, payload: bytes
     ) -> tuple[int, str, Mapping[str, str]]:
         try:
-            async with session.post(self.url, data=payload) as response:
+            async with session.post(self._url, data=payload) as response:
                 data = await response.read()
                 return response.status, data.decode("utf-8", "replace"), response.headers
         except TimeoutError:

@@ -54,6 +54,13 @@ class ModelConfig(_Strict):
     pricing: Pricing | None = None
     preflight: bool = True
 
+    @model_validator(mode="after")
+    def _params_are_parameters(self) -> ModelConfig:
+        for name in ("model", "messages"):
+            if name in self.params:
+                raise ValueError(f"model.params may not set '{name}'; use model.name / the prompt")
+        return self
+
 
 class OutputConfig(_Strict):
     path: Path

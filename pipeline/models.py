@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import jsonschema
 
 from .client import error_detail
 from .config import ModelConfig
@@ -149,6 +148,8 @@ def price(model: ModelConfig, found: dict[str, Any] | None) -> Price | None:
 
 def check_params(params: dict[str, Any], found: dict[str, Any]) -> list[str]:
     """Problems with `model.params` under the model's request schema (empty when fine)."""
+    import jsonschema  # slow to import; only `validate` needs it
+
     schema = found.get("request_schema") or found.get("json_request_schema")
     if not isinstance(schema, dict):
         return []

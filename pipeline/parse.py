@@ -13,7 +13,6 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-import jsonschema
 import polars as pl
 
 from .config import OutputConfig
@@ -60,6 +59,8 @@ class Parser:
         if self.mode == "json":
             properties: dict[str, Any] = self.schema["properties"]
             self.columns = {name: schema_dtype(prop) for name, prop in properties.items()}
+            import jsonschema  # only JSON answers need it; it is slow to import
+
             self._validator = jsonschema.Draft202012Validator(self.schema)
         else:
             self.columns = {output.column: pl.String()}

@@ -20,6 +20,7 @@ class Request:
     key: str
     body: dict[str, Any]
     est_tokens: int
+    payload: bytes | None = None  # the body as the canonical JSON that is sent
 
 
 @dataclass(frozen=True, slots=True)

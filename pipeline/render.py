@@ -38,15 +38,19 @@ class Labels(list[str]):
         return ", ".join(self)
 
 
+def canonical_body(model: str, messages: list[dict[str, Any]], params: Mapping[str, Any]) -> bytes:
+    """The request body as canonical JSON (sorted keys, no spaces): sent as is, and hashed."""
+    body = {**params, "model": model, "messages": messages}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def request_key(model: str, messages: list[dict[str, Any]], params: Mapping[str, Any]) -> str:
-    """`r1:` + sha256 of the canonical JSON of the request; a documented, stable contract."""
-    canonical = json.dumps(
-        {"model": model, "messages": messages, "params": dict(params)},
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
-    return f"{KEY_VERSION}:{hashlib.sha256(canonical.encode()).hexdigest()}"
+    """`r1:` + sha256 of the canonical request body; a documented, stable contract."""
+    return key_of(canonical_body(model, messages, params))
+
+
+def key_of(payload: bytes) -> str:
+    return f"{KEY_VERSION}:{hashlib.sha256(payload).hexdigest()}"
 
 
 def reask_key(key: str, attempt: int) -> str:
@@ -142,8 +146,10 @@ class Renderer:
         else:
             messages.append({"role": "user", "content": text})
         body = {"model": self._model, "messages": messages, **self._params}
+        payload = canonical_body(self._model, messages, self._params)
         return Request(
-            key=request_key(self._model, messages, self._params),
+            key=key_of(payload),
             body=body,
             est_tokens=estimate_tokens(chars, self._params) + IMAGE_TOKENS * len(urls),
+            payload=payload,
         )

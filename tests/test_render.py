@@ -180,9 +180,7 @@ def test_key_is_a_documented_contract() -> None:
     # Pinned: a change here invalidates every store; bump KEY_VERSION instead.
     key = request_key("m", [{"role": "user", "content": "hi"}], {"temperature": 0})
 
-    canonical = (
-        b'{"messages":[{"content":"hi","role":"user"}],"model":"m","params":{"temperature":0}}'
-    )
+    canonical = b'{"messages":[{"content":"hi","role":"user"}],"model":"m","temperature":0}'
     assert key == "r1:" + hashlib.sha256(canonical).hexdigest()
 
 
