@@ -239,6 +239,27 @@ def server_note(stats: dict[str, Any]) -> str:
     return f"server {1e6 * cpu / requests:.0f} µs/req{busy}"
 
 
+def pipeline_fingerprint() -> str:
+    """A hash of pipeline/*.py, to notice the code changing while the bench runs."""
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "pipeline").glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def git_version() -> str:
+    """`HEAD` (short) and `+dirty` when pipeline/ differs from it; read-only git calls."""
+    git = ["git", "--no-optional-locks", "-C", str(ROOT)]
+    try:
+        head = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", "pipeline"], timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head or "unknown") + ("+dirty" if dirty.returncode else "")
+
+
 # --- data and config ---------------------------------------------------------------------
 
 
@@ -414,11 +435,15 @@ class Bench:
         self.lines: list[Line] = []
         self.verdicts: list[Verdict] = []
         self.server_stats: dict[str, dict[str, Any]] = {}
+        self.version = git_version()
+        self.fingerprint = pipeline_fingerprint()
 
     def log(self, message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
     def add(self, line: Line) -> Line:
+        if pipeline_fingerprint() != self.fingerprint:
+            line.notes.append("WARNING: pipeline/ changed while the bench ran")
         self.lines.append(line)
         self.log(f"{line.scenario} {line.client}: {render_line(line)}")
         return line
@@ -449,6 +474,19 @@ class Bench:
         notes.append(f"imports alone {imports.cpu_s:.2f} CPU-s, {imports.rss_mb:.0f} MB")
         if summary.get("seconds"):
             notes.append(f"run() {rows / summary['seconds']:.0f} rows/s")
+        # A quarter-size run splits CPU into a fixed part and a per-row (marginal) part.
+        small_rows = rows // 4
+        small_source = make_table(self.dir / f"input_{small_rows}.csv", small_rows)
+        with mock_server(self.dir, "s1_small") as mock:
+            small_config = write_config(self.dir, "s1_small", small_source, mock.base_url)
+            small = run_cli(small_config, self.dir / "s1_small_cli", small_rows)
+        if small.rc == 0 and child.rc == 0:
+            marginal = (child.cpu_s - small.cpu_s) / (rows - small_rows)
+            fixed = child.cpu_s - marginal * rows
+            notes.append(
+                f"marginal {1000 * marginal:.3f} CPU-s/1k + fixed {fixed:.2f} CPU-s "
+                f"(from a {small_rows:,}-row run)"
+            )
         twice = stats.get("answered_twice")
         cli = self.add(
             client_line(
@@ -591,7 +629,7 @@ class Bench:
         notes = cli_note(child)
         simple = simple_pct(stats)
         if simple is not None:
-            notes.append(f"{simple:.1f}% admitted/span after 10 s")
+            notes.append(f"{simple:.1f}% admitted/span after 10 s (edge-sensitive)")
         notes.append(f"server span {stats.get('span_s', 0):.1f} s")
         self.add(
             client_line(
@@ -732,7 +770,14 @@ def render_line(line: Line) -> str:
 
 
 def report(bench: Bench) -> str:
-    out = [HEADER, "|" + "---|" * 12]
+    changed = pipeline_fingerprint() != bench.fingerprint
+    out = [
+        f"pipeline {bench.version} (pipeline/*.py {bench.fingerprint}"
+        + (", CHANGED during the run)" if changed else ")"),
+        "",
+        HEADER,
+        "|" + "---|" * 12,
+    ]
     out += [render_line(line) for line in bench.lines]
     out += ["", "| scenario | target | measured | result |", "|---|---|---|---|"]
     out += [
@@ -800,6 +845,8 @@ def main(argv: list[str] | None = None) -> int:
         bench.log(f"done in {time.monotonic() - started:.0f} s")
         if args.json:
             data = {
+                "version": bench.version,
+                "pipeline_fingerprint": bench.fingerprint,
                 "quick": args.quick,
                 "lines": [asdict(line) for line in bench.lines],
                 "verdicts": [asdict(v) for v in bench.verdicts],
