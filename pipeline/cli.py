@@ -14,7 +14,7 @@ from typing import Any
 from . import __version__
 from .config import DEFAULT_BASE_URL, DEFAULT_KEY_ENV, Config, load
 from .errors import LockError, PipelineError, RunStopped
-from .models import Catalog, CatalogUnavailable, check_params, model_id, preflight, price
+from .models import Catalog, CatalogUnavailable, check_model, check_params, model_id, price
 from .plan import make_plan
 from .progress import Progress
 from .runner import api_key, run
@@ -170,11 +170,10 @@ def _lookup_model(config: Config) -> dict[str, Any] | None:
     """The model object, when the endpoint serves one and answers (used for prices)."""
     if config.model.pricing is not None or not config.model.preflight:
         return None
-    catalog = Catalog(config.model.base_url, api_key_or_none(config))
     try:
-        return preflight(catalog, config.model.name).model
-    finally:
-        catalog.close()
+        return check_model(config.model, api_key_or_none(config)).model
+    except RunStopped:
+        return None
 
 
 def api_key_or_none(config: Config) -> str | None:
@@ -213,13 +212,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"ok: {plan.rows} rows, {plan.unique_requests} unique requests, "
         f"{plan.skipped} skipped; output {config.output.path}, store {config.store_path}"
     )
-    catalog = Catalog(config.model.base_url, api_key_or_none(config))
-    try:
-        checked = preflight(catalog, config.model.name)
-    finally:
-        catalog.close()
-    if checked.error:
-        raise RunStopped(checked.error)
+    checked = check_model(config.model, api_key_or_none(config))
     if checked.note:
         print(f"model: {checked.note}")
     if checked.model is not None:

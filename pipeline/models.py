@@ -16,6 +16,7 @@ import httpx
 
 from .client import error_detail
 from .config import ModelConfig
+from .errors import RunStopped
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,18 @@ def preflight(catalog: Catalog, name: str) -> Preflight:
         error=f"the endpoint does not serve model '{name}' (config key model.name); "
         f"available models include: {', '.join(close) or 'none listed'}"
     )
+
+
+def check_model(model: ModelConfig, api_key: str | None) -> Preflight:
+    """Preflight `model.name` at `model.base_url`; raise `RunStopped` when it is not served."""
+    catalog = Catalog(model.base_url, api_key)
+    try:
+        checked = preflight(catalog, model.name)
+    finally:
+        catalog.close()
+    if checked.error:
+        raise RunStopped(checked.error)
+    return checked
 
 
 def price(model: ModelConfig, found: dict[str, Any] | None) -> Price | None:

@@ -26,10 +26,10 @@ import polars as pl
 from .answers import output_columns
 from .client import ChatClient
 from .config import Config
-from .errors import ConfigError, InputError, RunStopped
+from .errors import ConfigError, InputError
 from .job import Chunk, Job
 from .limiter import Limiter
-from .models import Catalog, Price, preflight, price
+from .models import Price, check_model, price
 from .parse import Parser
 from .progress import Progress
 from .render import Renderer
@@ -83,17 +83,11 @@ def open_input(config: Config, limit: int | None = None) -> Plan:
     return Plan(source, renderer)
 
 
-def check_model(config: Config, key: str | None) -> Price | None:
+def model_price(config: Config, key: str | None) -> Price | None:
     """Stop early on a model the endpoint does not serve; the price when it is known."""
     found = None
     if config.model.preflight:
-        catalog = Catalog(config.model.base_url, key)
-        try:
-            checked = preflight(catalog, config.model.name)
-        finally:
-            catalog.close()
-        if checked.error:
-            raise RunStopped(checked.error)
+        checked = check_model(config.model, key)
         if checked.note:
             log.info("%s", checked.note)
         found = checked.model
@@ -156,7 +150,7 @@ async def execute(
     key = None if offline else api_key(config)
     found_price = price(config.model, None)
     if not offline:
-        found_price = await asyncio.to_thread(check_model, config, key)
+        found_price = await asyncio.to_thread(model_price, config, key)
     with Lock(config.store_path):
         store = Store(config.store_path)
         limiter = Limiter(config.run.requests_per_minute, config.run.tokens_per_minute)

@@ -6,12 +6,15 @@ of 127.0.0.1, runs a client pinned to CPU 0 (the real CLI, or a raw reference lo
 client come from `os.wait4`. One Markdown table and the targets (PASS/MISS) are printed at
 the end.
 
-    python scripts/bench.py [--quick] [--only S1,S3] [--s5-sizes 100000,1000000] [--json PATH]
+    python scripts/bench.py [--quick] [--only S1,S3] [--repeat 3] [--json PATH]
+                            [--s5-sizes 100000,1000000] [--s5-resume-rows N] [--workdir DIR]
 
 S1 zero-latency throughput: CLI vs raw httpx vs raw aiohttp. S2 client told the server's
 limit (3,000 RPM, 400,000 TPM, 10 s sliding window, 50 ms latency). S3 injected 5xx, drops
 and truncated bodies. S4a/S4b the limit not told, the server sends rate headers (a) or bare
 429s (b). S5 peak RSS over 100 k / 1 M / 10 M Parquet rows, and a resume over 1 M stored rows.
+The header names the git commit and a hash of pipeline/*.py; a line is flagged when that code
+changed during the run, or when other processes kept the CPUs busy while it ran.
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +105,7 @@ class Child:
     stderr: str
     timed_out: bool
     rss_series: list[tuple[float, float]] = field(default_factory=list)  # (s, MB) every s
+    machine_busy_s: float | None = None  # CPU-s used on all CPUs by anything while it ran
 
     def rss_at(self, fraction: float) -> float | None:
         """RSS sampled at `fraction` of the run's wall time (None without samples)."""
@@ -139,6 +144,7 @@ def pin_client() -> None:
 def run_child(cmd: Sequence[str], logs: Path, timeout_s: float) -> Child:
     """Run `cmd` pinned to CPU 0; wall time, user+sys CPU and peak RSS from `os.wait4`."""
     out_path, err_path = logs.with_suffix(".out"), logs.with_suffix(".err")
+    busy_before = machine_busy_s()
     with out_path.open("wb") as out, err_path.open("wb") as err:
         started = time.perf_counter()
         proc = subprocess.Popen(
@@ -165,6 +171,7 @@ def run_child(cmd: Sequence[str], logs: Path, timeout_s: float) -> Child:
                 break
             time.sleep(POLL_S)
         wall = time.perf_counter() - started
+    busy_after = machine_busy_s()
     proc.returncode = os.waitstatus_to_exitcode(status)
     return Child(
         rc=proc.returncode,
@@ -175,7 +182,31 @@ def run_child(cmd: Sequence[str], logs: Path, timeout_s: float) -> Child:
         stderr=err_path.read_text(errors="replace"),
         timed_out=timed_out,
         rss_series=series,
+        machine_busy_s=None
+        if busy_before is None or busy_after is None
+        else busy_after - busy_before,
     )
+
+
+def machine_busy_s() -> float | None:
+    """CPU-seconds all CPUs have spent busy since boot, from /proc/stat (None elsewhere)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def other_load_note(child: Child, stats: dict[str, Any]) -> str | None:
+    """A warning when other processes used the CPUs while the client ran (noisy numbers)."""
+    if child.machine_busy_s is None or child.wall_s <= 0:
+        return None
+    other = child.machine_busy_s - child.cpu_s - float(stats.get("cpu_s") or 0.0)
+    share = other / child.wall_s
+    if share < 0.10:
+        return None
+    return f"WARNING: other processes used ~{100 * share:.0f}% of a CPU meanwhile"
 
 
 def current_rss_mb(pid: int) -> float | None:
@@ -350,9 +381,22 @@ def run_cli(config: Path, logs: Path, rows: int, *overrides: str) -> Child:
     return run_child(cmd, logs, cli_timeout(rows))
 
 
-def client_line(scenario: str, client: str, rows: int, child: Child, **values: Any) -> Line:
+def client_line(
+    scenario: str,
+    client: str,
+    rows: int,
+    child: Child,
+    stats: dict[str, Any],
+    *,
+    notes: list[str] | None = None,
+    **values: Any,
+) -> Line:
     """A table line with rows/s, CPU-s per 1,000 rows and peak RSS of `child`."""
     extra = {"wall_s": round(child.wall_s, 3), "cpu_s": round(child.cpu_s, 3), "rc": child.rc}
+    notes = list(notes or [])
+    warning = other_load_note(child, stats)
+    if warning:
+        notes.append(warning)
     return Line(
         scenario,
         client,
@@ -360,6 +404,7 @@ def client_line(scenario: str, client: str, rows: int, child: Child, **values: A
         rows_s=rows / child.wall_s,
         cpu_1k=1000.0 * child.cpu_s / rows,
         rss_mb=child.rss_mb,
+        notes=notes,
         extra=extra,
         **values,
     )
@@ -397,7 +442,7 @@ def windowed_pct(stats: dict[str, Any], skip_s: int = 10) -> float | None:
     if not limit.get("rpm") or not series:
         return None
     width = round(limit["window_s"])
-    capacity = limit["rpm"] * limit["window_s"] / 60.0
+    capacity = float(limit["rpm"]) * float(limit["window_s"]) / 60.0
     last_full = int(stats["span_s"])  # buckets 0..last_full-1 are complete seconds
     ends = range(skip_s + width, last_full + 1)
     if not ends:
@@ -410,10 +455,10 @@ def simple_pct(stats: dict[str, Any], skip_s: int = 10) -> float | None:
     """Admitted after `skip_s` s over the rest of the server's span, as % of the limit."""
     limit = stats.get("limit") or {}
     series: list[int] = stats.get("admitted_per_s") or []
-    span = stats.get("span_s", 0.0) - skip_s
+    span = float(stats.get("span_s", 0.0)) - skip_s
     if not limit.get("rpm") or span <= 1.0:
         return None
-    return 100.0 * sum(series[skip_s:]) / span / (limit["rpm"] / 60.0)
+    return 100.0 * sum(series[skip_s:]) / span / (float(limit["rpm"]) / 60.0)
 
 
 def share_429(stats: dict[str, Any]) -> float | None:
@@ -427,8 +472,11 @@ def share_429(stats: dict[str, Any]) -> float | None:
 class Bench:
     """Runs the scenarios; collects table lines and verdicts."""
 
-    def __init__(self, workdir: Path, quick: bool, s5_sizes: list[int], resume_rows: int):
+    def __init__(
+        self, workdir: Path, quick: bool, s5_sizes: list[int], resume_rows: int, repeat: int = 1
+    ):
         self.dir = workdir
+        self.repeat = max(1, repeat)
         self.sizes = QUICK if quick else FULL
         self.s5_sizes = s5_sizes
         self.resume_rows = resume_rows
@@ -460,26 +508,21 @@ class Bench:
     def s1(self) -> None:
         rows = self.sizes["S1"]
         source = make_table(self.dir / f"input_{rows}.csv", rows)
-        self.log(f"S1: {rows} rows, zero latency, no limit")
+        self.log(f"S1: {rows} rows, zero latency, no limit, {self.repeat} run(s) per client")
         imports = run_child(
             [PY, "-c", "import pipeline.cli, pipeline.runner"], self.dir / "s1_imports", 120
         )
-        with mock_server(self.dir, "s1_cli") as mock:
-            config = write_config(self.dir, "s1", source, mock.base_url)
-            child = run_cli(config, self.dir / "s1_cli", rows)
-        stats = self.stats_of("s1_cli", mock)
+        child, stats, runs = self._median(lambda: self._s1_cli("s1", source, rows))
         lost, wrong = check_output(output_of(self.dir, "s1"), rows)
         summary = child.summary()
-        notes = [*cli_note(child), server_note(stats)]
+        notes = [*cli_note(child), server_note(stats), *runs]
         notes.append(f"imports alone {imports.cpu_s:.2f} CPU-s, {imports.rss_mb:.0f} MB")
         if summary.get("seconds"):
             notes.append(f"run() {rows / summary['seconds']:.0f} rows/s")
         # A quarter-size run splits CPU into a fixed part and a per-row (marginal) part.
         small_rows = rows // 4
         small_source = make_table(self.dir / f"input_{small_rows}.csv", small_rows)
-        with mock_server(self.dir, "s1_small") as mock:
-            small_config = write_config(self.dir, "s1_small", small_source, mock.base_url)
-            small = run_cli(small_config, self.dir / "s1_small_cli", small_rows)
+        small, _, _ = self._median(lambda: self._s1_cli("s1_small", small_source, small_rows))
         if small.rc == 0 and child.rc == 0:
             marginal = (child.cpu_s - small.cpu_s) / (rows - small_rows)
             fixed = child.cpu_s - marginal * rows
@@ -490,27 +533,32 @@ class Bench:
         twice = stats.get("answered_twice")
         cli = self.add(
             client_line(
-                "S1", "pipeline CLI", rows, child, lost=lost, twice=twice, wrong=wrong, notes=notes
+                "S1",
+                "pipeline CLI",
+                rows,
+                child,
+                stats,
+                lost=lost,
+                twice=twice,
+                wrong=wrong,
+                notes=notes,
             )
         )
         raw: dict[str, Line] = {}
         for client in ("httpx", "aiohttp"):
-            with mock_server(self.dir, f"s1_{client}") as mock:
-                url = mock.base_url + "/chat/completions"
-                cmd = [PY, str(RAW), client, "--url", url, "--input", str(source)]
-                child = run_child(cmd, self.dir / f"s1_{client}", cli_timeout(rows, 0.02))
-            stats = self.stats_of(f"s1_{client}", mock)
+            child, stats, runs = self._median(partial(self._s1_raw, client, source, rows))
             try:
                 out = json.loads(child.stdout.strip().splitlines()[-1])
             except (ValueError, IndexError):
                 out = {"lost": rows, "wrong": 0}
-            notes = [server_note(stats)] + ([f"exit {child.rc}"] if child.rc else [])
+            notes = [server_note(stats), *runs] + ([f"exit {child.rc}"] if child.rc else [])
             raw[client] = self.add(
                 client_line(
                     "S1",
                     f"raw {client} loop",
                     rows,
                     child,
+                    stats,
                     lost=out["lost"],
                     twice=stats.get("answered_twice"),
                     wrong=out["wrong"],
@@ -530,6 +578,32 @@ class Bench:
         self.target(
             "S1", "pipeline 0 lost, 0 wrong", f"{lost} lost, {wrong} wrong", not lost + wrong
         )
+
+    def _s1_cli(self, name: str, source: Path, rows: int) -> tuple[Child, dict[str, Any]]:
+        with mock_server(self.dir, name) as mock:
+            config = write_config(self.dir, name, source, mock.base_url)
+            child = run_cli(config, self.dir / f"{name}_cli", rows)
+        return child, self.stats_of(name, mock)
+
+    def _s1_raw(self, client: str, source: Path, rows: int) -> tuple[Child, dict[str, Any]]:
+        name = f"s1_{client}"
+        with mock_server(self.dir, name) as mock:
+            url = mock.base_url + "/chat/completions"
+            cmd = [PY, str(RAW), client, "--url", url, "--input", str(source)]
+            child = run_child(cmd, self.dir / name, cli_timeout(rows, 0.02))
+        return child, self.stats_of(name, mock)
+
+    def _median(
+        self, once: Callable[[], tuple[Child, dict[str, Any]]]
+    ) -> tuple[Child, dict[str, Any], list[str]]:
+        """Run `once` `--repeat` times; the run with the median CPU time, and a note."""
+        runs = [once() for _ in range(self.repeat)]
+        runs.sort(key=lambda run: run[0].cpu_s)
+        child, stats = runs[len(runs) // 2]
+        if len(runs) == 1:
+            return child, stats, []
+        cpus = ", ".join(f"{run[0].cpu_s:.2f}" for run in runs)
+        return child, stats, [f"median of {len(runs)} runs by CPU-s ({cpus})"]
 
     # S2 ---------------------------------------------------------------------------------
 
@@ -565,6 +639,7 @@ class Bench:
                 "pipeline CLI",
                 rows,
                 child,
+                stats,
                 pct_limit=pct,
                 r429=stats.get("rate_limited"),
                 r429_share=share,
@@ -598,7 +673,15 @@ class Bench:
         )
         self.add(
             client_line(
-                "S3", "pipeline CLI", rows, child, lost=lost, twice=twice, wrong=wrong, notes=notes
+                "S3",
+                "pipeline CLI",
+                rows,
+                child,
+                stats,
+                lost=lost,
+                twice=twice,
+                wrong=wrong,
+                notes=notes,
             )
         )
         self.target(
@@ -637,6 +720,7 @@ class Bench:
                 "pipeline CLI",
                 rows,
                 child,
+                stats,
                 pct_limit=pct,
                 r429=stats.get("rate_limited"),
                 r429_share=share,
@@ -675,14 +759,16 @@ class Bench:
             peaks[rows] = child.rss_mb
             notes = [*cli_note(child), server_note(stats), "wrong: 20k-row sample"]
             early, late = child.rss_at(0.1), child.rss_at(0.9)
-            if early is not None and late is not None:
+            if early is not None and late is not None and child.wall_s >= 30.0:
                 notes.append(f"RSS at 10% of the run {early:.0f} MB, at 90% {late:.0f} MB")
             store = self.dir / f"{name}.db"
             if store.exists():
                 notes.append(f"store {store.stat().st_size / 2**20:.0f} MB")
             twice = stats.get("answered_twice")
-            line = client_line("S5", "pipeline CLI", rows, child, lost=lost, twice=twice)
-            line.wrong, line.notes = wrong, notes
+            line = client_line(
+                "S5", "pipeline CLI", rows, child, stats, notes=notes, lost=lost, twice=twice
+            )
+            line.wrong = wrong
             line.extra["rss_series"] = child.rss_series
             self.add(line)
             if rows == self.resume_rows and child.rc == 0:
@@ -721,7 +807,7 @@ class Bench:
         notes.append(f"server got {stats.get('requests', 0)} requests")
         self.add(
             client_line(
-                "S5 resume", "pipeline CLI", rows, child, lost=lost, wrong=wrong, notes=notes
+                "S5 resume", "pipeline CLI", rows, child, stats, lost=lost, wrong=wrong, notes=notes
             )
         )
         self.target(
@@ -798,6 +884,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--s5-sizes", help="comma-separated S5 row counts")
     parser.add_argument("--s5-resume-rows", type=int, default=None, help="default 1,000,000")
     parser.add_argument("--workdir", type=Path, help="keep inputs, outputs, logs here")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="S1: run each client N times, keep the median"
+    )
     return parser.parse_args(argv)
 
 
@@ -830,7 +919,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = QUICK if args.quick else FULL
     resume_rows = args.s5_resume_rows or sizes["resume"]
     with workdir_at(args.workdir) as workdir:
-        bench = Bench(workdir, args.quick, s5_sizes, resume_rows)
+        bench = Bench(workdir, args.quick, s5_sizes, resume_rows, args.repeat)
         bench.log(f"workdir {workdir}; scenarios {','.join(chosen)}")
         started = time.monotonic()
         for scenario in SCENARIOS:
