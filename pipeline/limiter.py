@@ -22,9 +22,11 @@ from .ratelimit import Budget, RateHeaders
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
-BACKOFF_FACTOR = 0.7  # rate multiplier after a 429
+MARGIN = 0.985  # pace this far under a known limit, so jitter does not cross it
+BACKOFF_FACTOR = 0.7  # rate multiplier after a 429 when the limit is being learned
+KNOWN_BACKOFF_FACTOR = 0.9  # ... and when the limit is known (told or sent in headers)
 RECOVERY_STEP = 0.05  # rate fraction regained per quiet RECOVERY_S
-RECOVERY_S = 5.0
+RECOVERY_S = 2.0
 DEFAULT_PAUSE_S = 1.0  # pause after a 429 that names no wait; doubles while 429s go on
 MAX_PAUSE_S = 16.0
 ACCEPTED_WINDOW_S = 10.0  # how far back the accepted rate is measured when learning
@@ -57,9 +59,11 @@ class Limiter:
         *,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
+        margin: float = MARGIN,
     ) -> None:
-        self._requests = _Bucket(requests_per_minute) if requests_per_minute else None
-        self._tokens = _Bucket(tokens_per_minute) if tokens_per_minute else None
+        self._margin = margin
+        self._requests = _Bucket(requests_per_minute * margin) if requests_per_minute else None
+        self._tokens = _Bucket(tokens_per_minute * margin) if tokens_per_minute else None
         self._told = (requests_per_minute, tokens_per_minute)
         self._clock = clock
         self._sleep = sleep
@@ -117,19 +121,24 @@ class Limiter:
         self._pause_for(rate.requests, self._clock())
         self._pause_for(rate.tokens, self._clock())
 
-    @staticmethod
-    def _adopt(bucket: _Bucket | None, limit: float | None, told: float | None) -> _Bucket | None:
+    def _adopt(
+        self, bucket: _Bucket | None, limit: float | None, told: float | None
+    ) -> _Bucket | None:
         if not limit:
             return bucket
-        per_minute = min(limit, told) if told else limit
+        per_minute = (min(limit, told) if told else limit) * self._margin
         if bucket is None:
             return _Bucket(per_minute)
         bucket.per_minute = per_minute
         return bucket
 
     def _pause_for(self, budget: Budget, now: float) -> None:
-        if budget.remaining is not None and budget.remaining < 1 and budget.reset_s:
-            self.paused_until = max(self.paused_until, now + budget.reset_s)
+        """None left: wait for one unit to free (the reset is when *all* of it is back)."""
+        if budget.remaining is not None and budget.remaining < 1 and budget.limit:
+            wait = 60.0 / budget.limit
+            if budget.reset_s is not None:
+                wait = min(wait, budget.reset_s)
+            self.paused_until = max(self.paused_until, now + wait)
 
     def rate_limited_by_server(
         self,
@@ -160,7 +169,8 @@ class Limiter:
                 accepted = len(self._accepted) / span * 60.0
                 self._requests = _Bucket(max(1.0, accepted * BACKOFF_FACTOR))
         else:
-            self.factor = max(0.05, self.factor * BACKOFF_FACTOR)
+            cut = BACKOFF_FACTOR if self._learning else KNOWN_BACKOFF_FACTOR
+            self.factor = max(0.05, self.factor * cut)
 
     def _recover(self, now: float) -> None:
         if self._last_change == float("-inf") or (self.factor >= 1.0 and not self._learning):

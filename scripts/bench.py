@@ -106,6 +106,7 @@ class Child:
     timed_out: bool
     rss_series: list[tuple[float, float]] = field(default_factory=list)  # (s, MB) every s
     machine_busy_s: float | None = None  # CPU-s used on all CPUs by anything while it ran
+    started_at: float = 0.0  # time.time() at spawn
 
     def rss_at(self, fraction: float) -> float | None:
         """RSS sampled at `fraction` of the run's wall time (None without samples)."""
@@ -146,6 +147,7 @@ def run_child(cmd: Sequence[str], logs: Path, timeout_s: float) -> Child:
     out_path, err_path = logs.with_suffix(".out"), logs.with_suffix(".err")
     busy_before = machine_busy_s()
     with out_path.open("wb") as out, err_path.open("wb") as err:
+        started_at = time.time()
         started = time.perf_counter()
         proc = subprocess.Popen(
             list(cmd), stdout=out, stderr=err, env=child_env(), cwd=ROOT, preexec_fn=pin_client
@@ -182,6 +184,7 @@ def run_child(cmd: Sequence[str], logs: Path, timeout_s: float) -> Child:
         stderr=err_path.read_text(errors="replace"),
         timed_out=timed_out,
         rss_series=series,
+        started_at=started_at,
         machine_busy_s=None
         if busy_before is None or busy_after is None
         else busy_after - busy_before,
@@ -394,6 +397,9 @@ def client_line(
     """A table line with rows/s, CPU-s per 1,000 rows and peak RSS of `child`."""
     extra = {"wall_s": round(child.wall_s, 3), "cpu_s": round(child.cpu_s, 3), "rc": child.rc}
     notes = list(notes or [])
+    timing = timing_note(child, stats)
+    if timing and client == "pipeline CLI":
+        notes.append(timing)
     warning = other_load_note(child, stats)
     if warning:
         notes.append(warning)
@@ -408,6 +414,16 @@ def client_line(
         extra=extra,
         **values,
     )
+
+
+def timing_note(child: Child, stats: dict[str, Any]) -> str | None:
+    """Seconds from spawn to the first request, and from the last request to exit."""
+    first, last = stats.get("first_request"), stats.get("last_request")
+    if not first or not last:
+        return None
+    ended = child.started_at + child.wall_s
+    start, tail = first - child.started_at, ended - last
+    return f"first request {start:.2f} s after spawn, exit {tail:.2f} s after the last"
 
 
 def cli_note(child: Child) -> list[str]:

@@ -10,11 +10,12 @@ Rate limit (`--rpm`/`--tpm`): a sliding window of `--window` seconds admits at m
 rpm * window / 60 requests and tpm * window / 60 tokens; a request is charged
 prompt_tokens + its `max_tokens` (or `max_completion_tokens`; 4 when it sets neither), at
 arrival, before the latency. Over the limit: 429 at once. With `--headers` every 200 and 429
-carries OpenAI-style `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`: limit is per
-minute, remaining is what the window would admit now, reset is when the window is empty
-again ("1.2s", "350ms"); the 429 adds `retry-after` (whole seconds, rounded up, as HTTP
-wants) and `retry-after-ms` (exact) for when enough of the window frees. `--no-headers`
-sends a bare 429 with `{"error": {"message": "rate limited"}}` and nothing else.
+carries OpenAI-style `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` as of the
+request's arrival: limit is per minute, remaining is what the window would admit now, reset
+is when the window is empty again ("1.2s", "350ms"); the 429 adds `retry-after` (whole
+seconds, rounded up, as HTTP wants) and `retry-after-ms` (exact) for when enough of the
+window frees. `--no-headers` sends a bare 429 with `{"error": {"message": "rate limited"}}`
+and nothing else.
 
 Error injection (`--error-rate-5xx`, `--drop-rate`, `--truncate-rate`) draws from a seeded
 generator, one draw per admitted request: 500/503 alternating, a closed connection with no
@@ -100,7 +101,7 @@ class Window:
             until = when + self.window
         return max(0.0, until - now)
 
-    def headers(self, now: float, tokens: int) -> dict[str, str]:
+    def headers(self, now: float) -> dict[str, str]:
         """OpenAI-style `x-ratelimit-*` headers for the window as it is now."""
         reset = format_reset(self.entries[-1][0] + self.window - now if self.entries else 0.0)
         out: dict[str, str] = {}
@@ -178,14 +179,14 @@ class Mock:
                 if not self.send_headers:
                     return web.Response(status=429, body=ERROR_429, content_type=JSON_TYPE)
                 wait = window.wait_s(now, charged)
-                headers = window.headers(now, charged)
+                headers = window.headers(now)
                 headers["retry-after"] = str(max(1, math.ceil(wait)))
                 headers["retry-after-ms"] = str(math.ceil(wait * 1000))
                 return web.Response(
                     status=429, body=ERROR_429, content_type=JSON_TYPE, headers=headers
                 )
             if self.send_headers:
-                headers = window.headers(now, charged)
+                headers = window.headers(now)
         self._second(self.admitted_per_s, now)
         if self.latency > 0:
             await asyncio.sleep(self.latency)

@@ -10,6 +10,8 @@ import pytest
 from pipeline.limiter import (
     BACKOFF_FACTOR,
     DEFAULT_PAUSE_S,
+    KNOWN_BACKOFF_FACTOR,
+    MARGIN,
     RECOVERY_S,
     RECOVERY_STEP,
     Limiter,
@@ -50,7 +52,7 @@ def make(
     rpm: float | None = None, tpm: float | None = None, now: float = START
 ) -> tuple[Limiter, FakeTime]:
     fake = FakeTime(now)
-    return Limiter(rpm, tpm, clock=fake.clock, sleep=fake.sleep), fake
+    return Limiter(rpm, tpm, clock=fake.clock, sleep=fake.sleep, margin=1.0), fake
 
 
 def send_times(limiter: Limiter, fake: FakeTime, n: int, tokens: int = 1) -> list[float]:
@@ -182,7 +184,7 @@ def test_rate_limited_pauses_until_retry_after_and_lowers_factor() -> None:
     acquire(limiter)
     limiter.rate_limited_by_server(retry_after=2)
 
-    assert limiter.factor == pytest.approx(BACKOFF_FACTOR)
+    assert limiter.factor == pytest.approx(KNOWN_BACKOFF_FACTOR)
     assert limiter.paused_until == pytest.approx(START + 2)
     assert limiter.rate_limited == 1
     acquire(limiter)
@@ -192,11 +194,11 @@ def test_rate_limited_pauses_until_retry_after_and_lowers_factor() -> None:
 def test_after_a_429_requests_are_spaced_at_the_lowered_rate() -> None:
     limiter, fake = make(rpm=600)
     acquire(limiter)
-    limiter.rate_limited_by_server(retry_after=2)
+    limiter.rate_limited_by_server(retry_after=1)  # shorter than RECOVERY_S
     times = send_times(limiter, fake, 3)
 
-    gap = 0.1 / BACKOFF_FACTOR
-    assert times == pytest.approx([START + 2, START + 2 + gap, START + 2 + 2 * gap])
+    gap = 0.1 / KNOWN_BACKOFF_FACTOR
+    assert times == pytest.approx([START + 1, START + 1 + gap, START + 1 + 2 * gap])
 
 
 def test_429_without_retry_after_pauses_for_the_default() -> None:
@@ -222,7 +224,7 @@ def test_a_burst_of_429s_cuts_the_rate_once() -> None:
         fake.now += 0.1
 
     assert limiter.rate_limited == 5
-    assert limiter.factor == pytest.approx(BACKOFF_FACTOR)
+    assert limiter.factor == pytest.approx(KNOWN_BACKOFF_FACTOR)
 
 
 def test_separate_429s_cut_again_down_to_a_floor() -> None:
@@ -231,7 +233,7 @@ def test_separate_429s_cut_again_down_to_a_floor() -> None:
     fake.now += 1.5
     limiter.rate_limited_by_server(retry_after=1)
 
-    assert limiter.factor == pytest.approx(BACKOFF_FACTOR**2)
+    assert limiter.factor == pytest.approx(KNOWN_BACKOFF_FACTOR**2)
     for _ in range(50):
         fake.now += 1.5
         limiter.rate_limited_by_server(retry_after=1)
@@ -263,19 +265,19 @@ def test_all_workers_wait_out_the_pause() -> None:
 def test_factor_recovers_one_step_per_quiet_recovery_period() -> None:
     limiter, fake = make(rpm=600)
     limiter.rate_limited_by_server(retry_after=1)
-    assert limiter.factor == pytest.approx(BACKOFF_FACTOR)
+    assert limiter.factor == pytest.approx(KNOWN_BACKOFF_FACTOR)
 
     fake.now += RECOVERY_S - 0.01
     acquire(limiter)
-    assert limiter.factor == pytest.approx(BACKOFF_FACTOR)
+    assert limiter.factor == pytest.approx(KNOWN_BACKOFF_FACTOR)
 
     fake.now = START + RECOVERY_S
     acquire(limiter)
-    assert limiter.factor == pytest.approx(BACKOFF_FACTOR + RECOVERY_STEP)
+    assert limiter.factor == pytest.approx(KNOWN_BACKOFF_FACTOR + RECOVERY_STEP)
 
     fake.now = START + 2 * RECOVERY_S
     acquire(limiter)
-    assert limiter.factor == pytest.approx(BACKOFF_FACTOR + 2 * RECOVERY_STEP)
+    assert limiter.factor == pytest.approx(KNOWN_BACKOFF_FACTOR + 2 * RECOVERY_STEP)
 
 
 def test_factor_recovers_fully_and_never_above_one() -> None:
@@ -306,7 +308,7 @@ def test_first_429_lowers_rate_even_when_clock_starts_at_zero() -> None:
     limiter, _ = make(rpm=600, now=0.5)
     limiter.rate_limited_by_server(retry_after=1)
 
-    assert limiter.factor == pytest.approx(BACKOFF_FACTOR)
+    assert limiter.factor == pytest.approx(KNOWN_BACKOFF_FACTOR)
 
 
 # --- the server's word: headers, bare 429s, learning -----------------------------------------
@@ -343,11 +345,19 @@ def test_limit_header_never_raises_a_told_budget() -> None:
     assert limiter.requests_per_minute == 120
 
 
-def test_no_remaining_requests_pauses_until_the_reset() -> None:
+def test_no_remaining_requests_waits_for_one_request_to_free() -> None:
     limiter, fake = make()
-    limiter.observe(headers(600, 0, "1.5s"))
+    limiter.observe(headers(600, 0, "1.5s"))  # the reset is when all 600 are back
     acquire(limiter)
-    assert fake.now == pytest.approx(START + 1.5)
+    assert fake.now == pytest.approx(START + 0.1)
+
+
+def test_known_limits_are_paced_a_little_under() -> None:
+    fake = FakeTime()
+    limiter = Limiter(600, clock=fake.clock, sleep=fake.sleep)
+    times = send_times(limiter, fake, 3)
+    assert times[2] - times[1] == pytest.approx(0.1 / MARGIN)
+    assert limiter.requests_per_minute == pytest.approx(600 * MARGIN)
 
 
 def test_429_with_only_a_reset_header_waits_for_the_reset() -> None:
@@ -377,11 +387,11 @@ def test_429s_of_requests_sent_before_the_cut_do_not_cut_again() -> None:
     fake.now += 0.5
     limiter.rate_limited_by_server(0.1, sent_at=sent)
     limiter.rate_limited_by_server(0.1, sent_at=sent)  # in flight at the same time
-    assert limiter.factor == pytest.approx(BACKOFF_FACTOR)
-    fake.now += 2
+    assert limiter.factor == pytest.approx(KNOWN_BACKOFF_FACTOR)
+    fake.now += 1
     later = asyncio.run(limiter.acquire(1))
     limiter.rate_limited_by_server(0.1, sent_at=later)
-    assert limiter.factor == pytest.approx(BACKOFF_FACTOR**2)
+    assert limiter.factor == pytest.approx(KNOWN_BACKOFF_FACTOR**2)
 
 
 def test_with_no_budget_the_first_429_learns_one_from_the_accepted_rate() -> None:
