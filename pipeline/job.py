@@ -92,6 +92,7 @@ class Job:
         self._inflight: dict[str, asyncio.Future[Result]] = {}
         self._failed: dict[str, Result] = {}  # failed in this run: not sent again in this run
         self._workers: list[asyncio.Task[None]] = []
+        self.fatal: OutputError | None = None  # the store failed: the run must stop
 
     def start(self) -> None:
         self._workers = [
@@ -171,6 +172,8 @@ class Job:
         results = dict(chunk.known)
         for waited, future in chunk.waiting.items():
             results[waited] = await future
+        if self.fatal is not None:
+            raise self.fatal
         rows = []
         for index, row_key in enumerate(chunk.keys):
             if row_key is not None:
@@ -195,8 +198,9 @@ class Job:
                 result = await self._resolve(request, reask, prior)
             except OutputError as exc:
                 self.sender.stop(str(exc))
+                self.fatal = self.fatal or exc
                 del self._inflight[request.key]
-                future.set_exception(exc)
+                future.set_result(Result(request.key, PENDING))
                 continue
             finally:
                 self._queue.task_done()

@@ -146,6 +146,7 @@ class Writer:
             self._store.put_many(pending)
         except BaseException as exc:  # every waiting worker must hear of it
             flushed.set_exception(exc)
+            flushed.exception()  # seen here: no "never retrieved" noise if all waiters left
         else:
             flushed.set_result(None)
 
