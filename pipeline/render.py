@@ -78,6 +78,40 @@ def image_url(value: str, base: Path) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
+Part = tuple[bool, str]  # (is a variable, literal text or variable name)
+
+
+def plain_parts(env: jinja2.Environment, source: str) -> list[Part] | None:
+    """Text and bare `{{ name }}` only: rendered by joining strings, without Jinja's machinery."""
+    tree = env.parse(source)
+    if not tree.body:
+        return []
+    if len(tree.body) != 1 or not isinstance(tree.body[0], jinja2.nodes.Output):
+        return None
+    parts: list[Part] = []
+    for node in tree.body[0].nodes:
+        if type(node) is jinja2.nodes.TemplateData:
+            parts.append((False, node.data))
+        elif type(node) is jinja2.nodes.Name and node.ctx == "load":
+            parts.append((True, node.name))
+        else:
+            return None
+    return parts
+
+
+class _Text:
+    """A template; the plain ones skip Jinja at render time (most prompts are plain)."""
+
+    def __init__(self, env: jinja2.Environment, source: str) -> None:
+        self._template = env.from_string(source)
+        self._parts = plain_parts(env, source) if env.keep_trailing_newline else None
+
+    def render(self, values: Mapping[str, Any]) -> str:
+        if self._parts is None:
+            return self._template.render(values)
+        return "".join(str(values[text]) if is_name else text for is_name, text in self._parts)
+
+
 class Renderer:
     """Turns rows into requests; checks the template against the columns up front."""
 
@@ -93,8 +127,8 @@ class Renderer:
         columns = list(columns)
         self._labels = Labels(output.labels or []) if output is not None else Labels()
         try:
-            self._template = env.from_string(prompt.template)
-            self._system = env.from_string(prompt.system) if prompt.system else None
+            self._template = _Text(env, prompt.template)
+            self._system = _Text(env, prompt.system) if prompt.system else None
             used = jinja2.meta.find_undeclared_variables(env.parse(prompt.template))
             if prompt.system:
                 used |= jinja2.meta.find_undeclared_variables(env.parse(prompt.system))

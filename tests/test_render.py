@@ -279,3 +279,39 @@ def test_estimate_grows_with_text_and_reserve(chars: int, reserve: int) -> None:
     assert estimate > reserve
     assert estimate_tokens(chars + 4, {"max_tokens": reserve}) == estimate + 1
     assert estimate_tokens(chars, {"max_tokens": reserve + 1}) == estimate + 1
+
+
+# --- plain templates skip Jinja and must render exactly as Jinja would ---------------------
+
+_text = st.text(alphabet=st.characters(blacklist_characters="{}%#"), max_size=30)
+_value = st.one_of(st.text(max_size=20), st.integers(), st.floats(allow_nan=False), st.booleans())
+
+
+@given(
+    st.lists(st.tuples(_text, st.sampled_from(["a", "b", "c"])), max_size=5),
+    _text,
+    st.fixed_dictionaries({"a": _value, "b": _value, "c": _value}),
+)
+def test_plain_templates_render_as_jinja_does(
+    pieces: list[tuple[str, str]], tail: str, values: dict[str, object]
+) -> None:
+    import jinja2
+
+    from pipeline.render import _Text
+
+    source = "".join(f"{text}{{{{ {name} }}}}" for text, name in pieces) + tail
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    fast = _Text(env, source)
+    assert fast._parts is not None
+    assert fast.render(values) == env.from_string(source).render(values)
+
+
+def test_templates_with_filters_or_logic_use_jinja() -> None:
+    import jinja2
+
+    from pipeline.render import plain_parts
+
+    env = jinja2.Environment(keep_trailing_newline=True)
+    assert plain_parts(env, "x {{ a }} y") == [(False, "x "), (True, "a"), (False, " y")]
+    for source in ["{{ a|upper }}", "{% if a %}x{% endif %}", "{{ a.b }}", "{{ a ~ b }}"]:
+        assert plain_parts(env, source) is None
