@@ -24,11 +24,12 @@ Sleep = Callable[[float], Awaitable[None]]
 
 MARGIN = 0.985  # pace this far under a known limit, so jitter does not cross it
 BACKOFF_FACTOR = 0.7  # rate multiplier after a 429 when the limit is being learned
+ACCEPTED_FACTOR = 0.8  # ... of the rate the server accepted, when that is measured
 KNOWN_BACKOFF_FACTOR = 0.9  # ... and when the limit is known (told or sent in headers)
 RECOVERY_STEP = 0.05  # rate fraction regained per quiet RECOVERY_S
 RECOVERY_S = 2.0
 DEFAULT_PAUSE_S = 1.0  # pause after a 429 that names no wait; doubles while 429s go on
-MAX_PAUSE_S = 16.0
+MAX_PAUSE_S = 4.0  # a probe every few seconds while the server keeps saying 429
 ACCEPTED_WINDOW_S = 10.0  # how far back the accepted rate is measured when learning
 
 
@@ -70,7 +71,8 @@ class Limiter:
         self.factor = 1.0
         self.paused_until = 0.0
         self._last_change = float("-inf")
-        self._pause_s = DEFAULT_PAUSE_S
+        self._pause_s = DEFAULT_PAUSE_S  # the next burst's pause when the server names none
+        self._burst_pause = DEFAULT_PAUSE_S  # this burst's
         self.rate_limited = 0
         self._learning = requests_per_minute is None
         self._accepted: deque[float] = deque()  # when answers arrived, while learning
@@ -105,8 +107,8 @@ class Limiter:
         if self._learning:
             now = self._clock()
             self._accepted.append(now)
-            while self._accepted[0] < now - ACCEPTED_WINDOW_S:
-                self._accepted.popleft()
+            if len(self._accepted) > 4096:
+                self._accepted_since(now - ACCEPTED_WINDOW_S)
         if self._tokens is not None and actual > 0:
             self._tokens.refund(estimated - actual, self.factor)
 
@@ -150,34 +152,51 @@ class Limiter:
         """A 429: pause everyone and, once per burst, lower the rate."""
         now = self._clock()
         self.rate_limited += 1
-        resets = [b.reset_s for b in (rate.requests, rate.tokens) if b.reset_s] if rate else []
-        wait = retry_after if retry_after is not None else max(resets, default=None)
-        if wait is None:
-            wait, self._pause_s = self._pause_s, min(MAX_PAUSE_S, self._pause_s * 2)
-        self.paused_until = max(self.paused_until, now + wait)
-        self.observe(rate)
         # A 429 for a request sent before the last cut was caused by the old rate.
-        burst_over = (
+        new_burst = (
             sent_at > self._last_change if sent_at is not None else now - self._last_change > 1.0
         )
-        if not burst_over:
+        resets = [b.reset_s for b in (rate.requests, rate.tokens) if b.reset_s] if rate else []
+        wait = retry_after if retry_after is not None else max(resets, default=None)
+        if wait is None:  # the server says nothing: wait longer each burst until one succeeds
+            if new_burst:
+                self._burst_pause = self._pause_s
+                self._pause_s = min(MAX_PAUSE_S, self._pause_s * 2)
+            wait = self._burst_pause
+        self.paused_until = max(self.paused_until, now + wait)
+        self.observe(rate)
+        if not new_burst:
             return
         self._last_change = now
-        if self._requests is None:
-            span = min(ACCEPTED_WINDOW_S, now - self._accepted[0]) if self._accepted else 0.0
-            if len(self._accepted) > 1 and span > 0:  # else: nothing to learn from yet
-                accepted = len(self._accepted) / span * 60.0
-                self._requests = _Bucket(max(1.0, accepted * BACKOFF_FACTOR))
-        else:
-            cut = BACKOFF_FACTOR if self._learning else KNOWN_BACKOFF_FACTOR
-            self.factor = max(0.05, self.factor * cut)
+        if self._learning:
+            # Answers accepted over the last window, as a per-minute rate: what the server
+            # took while we were over its limit. Start from under that.
+            accepted = self._accepted_since(now - ACCEPTED_WINDOW_S) * 60.0 / ACCEPTED_WINDOW_S
+            if accepted > 0:
+                if self._requests is None:
+                    self._requests = _Bucket(accepted)
+                self._requests.per_minute = accepted
+                self.factor = ACCEPTED_FACTOR
+                return
+            if self._requests is None:
+                return  # nothing accepted yet: nothing to learn from, only pause
+        cut = BACKOFF_FACTOR if self._learning else KNOWN_BACKOFF_FACTOR
+        self.factor = max(0.05, self.factor * cut)
+
+    def _accepted_since(self, since: float) -> int:
+        while self._accepted and self._accepted[0] < since:
+            self._accepted.popleft()
+        return len(self._accepted)
 
     def _recover(self, now: float) -> None:
+        """Climb back step by step, counting quiet time after the last pause only."""
         if self._last_change == float("-inf") or (self.factor >= 1.0 and not self._learning):
             return
-        steps = int((now - self._last_change) // RECOVERY_S)
+        anchor = max(self._last_change, self.paused_until)
+        steps = int((now - anchor) // RECOVERY_S)
         if steps > 0:
-            self.factor += steps * RECOVERY_STEP
-            if not self._learning:
-                self.factor = min(1.0, self.factor)
-            self._last_change += steps * RECOVERY_S
+            if self._learning:  # the limit is unknown: grow by a fraction, without a cap
+                self.factor *= (1 + RECOVERY_STEP) ** steps
+            else:
+                self.factor = min(1.0, self.factor + steps * RECOVERY_STEP)
+            self._last_change = anchor + steps * RECOVERY_S

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from pipeline.limiter import (
-    BACKOFF_FACTOR,
+    ACCEPTED_FACTOR,
     DEFAULT_PAUSE_S,
     KNOWN_BACKOFF_FACTOR,
     MARGIN,
@@ -266,16 +266,17 @@ def test_factor_recovers_one_step_per_quiet_recovery_period() -> None:
     limiter, fake = make(rpm=600)
     limiter.rate_limited_by_server(retry_after=1)
     assert limiter.factor == pytest.approx(KNOWN_BACKOFF_FACTOR)
+    quiet = START + 1  # quiet time counts from the end of the pause
 
-    fake.now += RECOVERY_S - 0.01
+    fake.now = quiet + RECOVERY_S - 0.01
     acquire(limiter)
     assert limiter.factor == pytest.approx(KNOWN_BACKOFF_FACTOR)
 
-    fake.now = START + RECOVERY_S
+    fake.now = quiet + RECOVERY_S
     acquire(limiter)
     assert limiter.factor == pytest.approx(KNOWN_BACKOFF_FACTOR + RECOVERY_STEP)
 
-    fake.now = START + 2 * RECOVERY_S
+    fake.now = quiet + 2 * RECOVERY_S
     acquire(limiter)
     assert limiter.factor == pytest.approx(KNOWN_BACKOFF_FACTOR + 2 * RECOVERY_STEP)
 
@@ -372,12 +373,13 @@ def test_bare_429s_double_the_pause_until_an_answer_arrives() -> None:
     pauses = []
     for _ in range(6):
         before = fake.now
-        limiter.rate_limited_by_server(None)
+        limiter.rate_limited_by_server(None, sent_at=fake.now)
+        limiter.rate_limited_by_server(None, sent_at=fake.now - 0.5)  # same burst: no doubling
         pauses.append(limiter.paused_until - before)
-        fake.now = limiter.paused_until
-    assert pauses == pytest.approx([1, 2, 4, 8, 16, 16])
+        fake.now = limiter.paused_until + 0.01
+    assert pauses == pytest.approx([1, 2, 4, 4, 4, 4])
     limiter.settle(10, 10)
-    limiter.rate_limited_by_server(None)
+    limiter.rate_limited_by_server(None, sent_at=fake.now)
     assert limiter.paused_until - fake.now == pytest.approx(DEFAULT_PAUSE_S)
 
 
@@ -402,8 +404,10 @@ def test_with_no_budget_the_first_429_learns_one_from_the_accepted_rate() -> Non
     assert limiter.requests_per_minute is None
     limiter.rate_limited_by_server(1.0, sent_at=fake.now)
     learned = limiter.requests_per_minute
-    assert learned == pytest.approx(21 / 1.05 * 60 * BACKOFF_FACTOR)
+    # 21 accepted in the last 10 s, as a per-minute rate, and a step under it.
+    assert learned == pytest.approx(21 * 6 * ACCEPTED_FACTOR)
     # A learned budget may climb past where it started: the real limit may be higher.
-    fake.now += 10 * RECOVERY_S
+    fake.now += 1.0 + 10 * RECOVERY_S  # the pause, then ten quiet periods
     acquire(limiter)
-    assert limiter.requests_per_minute == pytest.approx(learned * (1 + 10 * RECOVERY_STEP))
+    assert limiter.requests_per_minute == pytest.approx(learned * (1 + RECOVERY_STEP) ** 10)
+    assert limiter.requests_per_minute > 21 * 6
