@@ -114,7 +114,9 @@ class Job:
         keys = [r.key if r is not None else None for r in requests]
         unique = {r.key: r for r in requests if r is not None}
         fresh = [k for k in unique if k not in self._inflight and k not in self._failed]
-        stored = {k: r for k, r in self.store.lookup(fresh).items() if r.status == OK}
+        stored = {
+            k: r for k, r in self.store.lookup(fresh, with_raw=False).items() if r.status == OK
+        }
         chunk = Chunk(frame, keys, row_errors, known={})
         rows_per_key: dict[str, int] = {}
         for key in keys:
@@ -158,7 +160,9 @@ class Job:
             if attempt == self._reasks:
                 return result, None
             attempt += 1
-            found = self.store.lookup([reask_key(key, attempt)]).get(reask_key(key, attempt))
+            found = self.store.lookup([reask_key(key, attempt)], with_raw=False).get(
+                reask_key(key, attempt)
+            )
             if found is None or found.status != OK:
                 return result, attempt
             result = found

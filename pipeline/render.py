@@ -49,6 +49,37 @@ def request_key(model: str, messages: list[dict[str, Any]], params: Mapping[str,
     return key_of(canonical_body(model, messages, params))
 
 
+class _BodyWriter:
+    """Writes the canonical body of text-only messages without the general JSON encoder.
+
+    Everything but the message texts is fixed for a run, so it is encoded once; each row
+    only escapes its texts. The bytes are exactly those of `canonical_body`.
+    """
+
+    def __init__(self, model: str, params: Mapping[str, Any]) -> None:
+        fixed = {**params, "model": model}
+        names = sorted([*fixed, "messages"])
+        at = names.index("messages")
+
+        def pairs(keys: list[str]) -> str:
+            return ",".join(f"{_canon(k)}:{_canon(fixed[k])}" for k in keys)
+
+        before, after = pairs(names[:at]), pairs(names[at + 1 :])
+        self._head = "{" + before + ("," if before else "") + '"messages":['
+        self._tail = "]" + ("," + after if after else "") + "}"
+
+    def write(self, messages: list[tuple[str, str]]) -> bytes:
+        """`messages` as (role, text) pairs."""
+        inner = ",".join(
+            f'{{"content":{_quote(text)},"role":{_quote(role)}}}' for role, text in messages
+        )
+        return (self._head + inner + self._tail).encode()
+
+
+_quote = json.encoder.encode_basestring  # a str as JSON, exactly as json.dumps writes it
+_canon = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
+
 def key_of(payload: bytes) -> str:
     return f"{KEY_VERSION}:{hashlib.sha256(payload).hexdigest()}"
 
@@ -105,11 +136,18 @@ class _Text:
     def __init__(self, env: jinja2.Environment, source: str) -> None:
         self._template = env.from_string(source)
         self._parts = plain_parts(env, source) if env.keep_trailing_newline else None
+        self._format: str | None = None  # the plain template as a str.format_map pattern
+        if self._parts is not None:
+            self._format = "".join(
+                f"{{{text}}}" if is_name else text.replace("{", "{{").replace("}", "}}")
+                for is_name, text in self._parts
+            )
+        self.constant = self._parts is not None and not any(n for n, _ in self._parts)
 
     def render(self, values: Mapping[str, Any]) -> str:
-        if self._parts is None:
+        if self._format is None:
             return self._template.render(values)
-        return "".join(str(values[text]) if is_name else text for is_name, text in self._parts)
+        return self._format.format_map(values)
 
 
 class Renderer:
@@ -160,16 +198,23 @@ class Renderer:
             fmt = response_format(output, model.structured_output)
             if fmt is not None:
                 self._params.setdefault("response_format", fmt)
+        self._writer = _BodyWriter(self._model, self._params)
+        self._system_text = ""  # the system prompt, when it is the same for every row
+        if self._system is not None and self._system.constant:
+            self._system_text = self._system.render({})
 
     def render(self, row: Mapping[str, Any]) -> Request | None:
         """The row's request, or None when `prompt.skip_null` says to skip it."""
-        if any(row.get(name) is None for name in self.skip_null):
-            return None
-        values: dict[str, Any] = {"labels": self._labels} if self._labels else {}
-        values.update({n: "" if row.get(n) is None else row[n] for n in self.variables})
+        for name in self.skip_null:
+            if row.get(name) is None:
+                return None
+        values = {n: "" if (v := row.get(n)) is None else v for n in self.variables}
+        if self._labels:
+            values["labels"] = self._labels
         messages: list[dict[str, Any]] = []
         if self._system is not None:
-            messages.append({"role": "system", "content": self._system.render(values)})
+            system = self._system_text or self._system.render(values)
+            messages.append({"role": "system", "content": system})
         text = self._template.render(values)
         chars = len(text) + sum(len(m["content"]) for m in messages)
         urls = [image_url(str(row[n]), self._image_base) for n in self.images if row.get(n)]
@@ -177,10 +222,11 @@ class Renderer:
             parts: list[dict[str, Any]] = [{"type": "text", "text": text}]
             parts += [{"type": "image_url", "image_url": {"url": url}} for url in urls]
             messages.append({"role": "user", "content": parts})
+            payload = canonical_body(self._model, messages, self._params)
         else:
             messages.append({"role": "user", "content": text})
+            payload = self._writer.write([(m["role"], m["content"]) for m in messages])
         body = {"model": self._model, "messages": messages, **self._params}
-        payload = canonical_body(self._model, messages, self._params)
         return Request(
             key=key_of(payload),
             body=body,

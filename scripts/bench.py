@@ -142,49 +142,87 @@ def pin_client() -> None:
     os.sched_setaffinity(0, {CLIENT_CPU})
 
 
+# The client is started by this small launcher, not by the harness itself: a child's
+# ru_maxrss includes the RSS of the process it was forked from (Linux folds the pre-exec
+# image into it), so forking from a harness holding a 10 M-row table would report the
+# harness's memory. The launcher (a bare interpreter, ~10 MB) forks and execs the client,
+# waits for it and writes its own wait4 figures: wall, user+sys CPU, peak RSS.
+LAUNCHER = """
+import json, os, sys, time
+usage_path, pid_path, cmd = sys.argv[1], sys.argv[2], sys.argv[3:]
+started_at, started = time.time(), time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(cmd[0], cmd)
+    finally:
+        os._exit(127)
+with open(pid_path, "w") as f:
+    f.write(str(pid))
+_, status, ru = os.wait4(pid, 0)
+wall = time.perf_counter() - started
+with open(usage_path, "w") as f:
+    json.dump({"status": status, "wall_s": wall, "started_at": started_at,
+               "cpu_s": ru.ru_utime + ru.ru_stime, "maxrss_kb": ru.ru_maxrss}, f)
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
 def run_child(cmd: Sequence[str], logs: Path, timeout_s: float) -> Child:
     """Run `cmd` pinned to CPU 0; wall time, user+sys CPU and peak RSS from `os.wait4`."""
     out_path, err_path = logs.with_suffix(".out"), logs.with_suffix(".err")
+    usage_path, pid_path = logs.with_suffix(".usage.json"), logs.with_suffix(".pid")
+    for stale in (usage_path, pid_path):
+        stale.unlink(missing_ok=True)
+    launcher = [PY, "-S", "-c", LAUNCHER, str(usage_path), str(pid_path)]
     busy_before = machine_busy_s()
     with out_path.open("wb") as out, err_path.open("wb") as err:
-        started_at = time.time()
         started = time.perf_counter()
         proc = subprocess.Popen(
-            list(cmd), stdout=out, stderr=err, env=child_env(), cwd=ROOT, preexec_fn=pin_client
+            [*launcher, *cmd],
+            stdout=out,
+            stderr=err,
+            env=child_env(),
+            cwd=ROOT,
+            preexec_fn=pin_client,
+            start_new_session=True,  # its own process group: a timeout kills both
         )
         deadline = started + timeout_s
         timed_out = False
         series: list[tuple[float, float]] = []
         next_sample = started
-        while True:  # bounded by `timeout_s`
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
+        client_pid: int | None = None
+        while proc.poll() is None:  # bounded by `timeout_s`
             now = time.perf_counter()
-            if now >= next_sample:
-                rss = current_rss_mb(proc.pid)
+            if client_pid is None and pid_path.exists():
+                client_pid = int(pid_path.read_text() or 0) or None
+            if client_pid is not None and now >= next_sample:
+                rss = current_rss_mb(client_pid)
                 if rss is not None:
                     series.append((round(now - started, 2), rss))
                 next_sample = now + RSS_EVERY_S
-            if time.perf_counter() > deadline:
+            if now > deadline:
                 timed_out = True
-                proc.kill()
-                pid, status, usage = os.wait4(proc.pid, 0)
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
                 break
             time.sleep(POLL_S)
         wall = time.perf_counter() - started
     busy_after = machine_busy_s()
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    usage: dict[str, Any] = {}
+    if usage_path.exists():
+        usage = json.loads(usage_path.read_text())
     return Child(
         rc=proc.returncode,
-        wall_s=wall,
-        cpu_s=usage.ru_utime + usage.ru_stime,
-        rss_mb=usage.ru_maxrss / 1024.0,
+        wall_s=float(usage.get("wall_s", wall)),
+        cpu_s=float(usage.get("cpu_s", 0.0)),
+        rss_mb=float(usage.get("maxrss_kb", 0)) / 1024.0,
         stdout=out_path.read_text(errors="replace"),
         stderr=err_path.read_text(errors="replace"),
         timed_out=timed_out,
         rss_series=series,
-        started_at=started_at,
+        started_at=float(usage.get("started_at", 0.0)),
         machine_busy_s=None
         if busy_before is None or busy_after is None
         else busy_after - busy_before,
@@ -419,7 +457,7 @@ def client_line(
 def timing_note(child: Child, stats: dict[str, Any]) -> str | None:
     """Seconds from spawn to the first request, and from the last request to exit."""
     first, last = stats.get("first_request"), stats.get("last_request")
-    if not first or not last:
+    if not first or not last or not child.started_at:
         return None
     ended = child.started_at + child.wall_s
     start, tail = first - child.started_at, ended - last

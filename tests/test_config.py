@@ -469,3 +469,13 @@ def test_set_round_trip_of_integers(tmp_path: Path, concurrency: int, retries: i
 
     assert config.run.concurrency == concurrency
     assert config.run.max_retries == retries
+
+
+def test_params_may_not_replace_the_model_or_the_messages(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "input: {path: in.csv}\nprompt: {template: x}\noutput: {path: o.csv}\n"
+        "model: {params: {model: other}}\n"
+    )
+    with pytest.raises(ConfigError, match="may not set 'model'"):
+        load(path)

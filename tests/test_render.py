@@ -211,7 +211,11 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
     max_leaves=10,
 )
-params_strategy = st.dictionaries(st.text(min_size=1, max_size=10), json_values, max_size=6)
+params_strategy = st.dictionaries(
+    st.text(min_size=1, max_size=10).filter(lambda k: k not in ("model", "messages")),
+    json_values,
+    max_size=6,
+)
 
 
 def reversed_dict(value: Any) -> Any:
@@ -315,3 +319,30 @@ def test_templates_with_filters_or_logic_use_jinja() -> None:
     assert plain_parts(env, "x {{ a }} y") == [(False, "x "), (True, "a"), (False, " y")]
     for source in ["{{ a|upper }}", "{% if a %}x{% endif %}", "{{ a.b }}", "{{ a ~ b }}"]:
         assert plain_parts(env, source) is None
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@given(
+    st.text(max_size=10),
+    st.dictionaries(
+        st.text(max_size=12).filter(lambda k: k not in ("model", "messages")), _json, max_size=4
+    ),
+    st.lists(
+        st.tuples(st.sampled_from(["system", "user"]), st.text(max_size=40)), min_size=1, max_size=3
+    ),
+)
+def test_the_body_writer_gives_the_canonical_bytes(
+    model: str, params: dict[str, object], messages: list[tuple[str, str]]
+) -> None:
+    from pipeline.render import _BodyWriter, canonical_body
+
+    as_dicts = [{"role": role, "content": text} for role, text in messages]
+    assert _BodyWriter(model, params).write(messages) == canonical_body(model, as_dicts, params)
