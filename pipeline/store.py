@@ -53,8 +53,7 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.execute("PRAGMA mmap_size=268435456")  # reads without a syscall each
-            self._db.execute("PRAGMA cache_size=-65536")  # 64 MiB of pages
+            self._db.execute("PRAGMA cache_size=-16384")  # 16 MiB of pages, not 2
             self._migrate()
         except (OSError, sqlite3.Error) as exc:
             raise OutputError(f"cannot open store {path}: {exc}") from exc

@@ -104,7 +104,8 @@ class Child:
     stdout: str
     stderr: str
     timed_out: bool
-    rss_series: list[tuple[float, float]] = field(default_factory=list)  # (s, MB) every s
+    # (s, VmRSS MB, RssAnon MB, RssFile MB), sampled every RSS_EVERY_S
+    rss_series: list[tuple[float, float, float, float]] = field(default_factory=list)
     machine_busy_s: float | None = None  # CPU-s used on all CPUs by anything while it ran
     started_at: float = 0.0  # time.time() at spawn
 
@@ -114,6 +115,12 @@ class Child:
             return None
         moment = fraction * self.wall_s
         return min(self.rss_series, key=lambda sample: abs(sample[0] - moment))[1]
+
+    def sampled_peaks(self) -> tuple[float, float] | None:
+        """The highest sampled anonymous and file-backed (e.g. mmap) RSS, in MB."""
+        if not self.rss_series:
+            return None
+        return max(s[2] for s in self.rss_series), max(s[3] for s in self.rss_series)
 
     def summary(self) -> dict[str, Any]:
         """The CLI's JSON summary (its last stdout line that is an object), or {}."""
@@ -190,7 +197,7 @@ def run_child(cmd: Sequence[str], logs: Path, timeout_s: float) -> Child:
         )
         deadline = started + timeout_s
         timed_out = False
-        series: list[tuple[float, float]] = []
+        series: list[tuple[float, float, float, float]] = []
         next_sample = started
         client_pid: int | None = None
         while proc.poll() is None:  # bounded by `timeout_s`
@@ -200,7 +207,7 @@ def run_child(cmd: Sequence[str], logs: Path, timeout_s: float) -> Child:
             if client_pid is not None and now >= next_sample:
                 rss = current_rss_mb(client_pid)
                 if rss is not None:
-                    series.append((round(now - started, 2), rss))
+                    series.append((round(now - started, 2), *rss))
                 next_sample = now + RSS_EVERY_S
             if now > deadline:
                 timed_out = True
@@ -250,15 +257,19 @@ def other_load_note(child: Child, stats: dict[str, Any]) -> str | None:
     return f"WARNING: other processes used ~{100 * share:.0f}% of a CPU meanwhile"
 
 
-def current_rss_mb(pid: int) -> float | None:
-    """VmRSS of a running process, from /proc (None when unavailable)."""
+def current_rss_mb(pid: int) -> tuple[float, float, float] | None:
+    """(VmRSS, RssAnon, RssFile) of a running process in MB, from /proc (None if gone)."""
+    found: dict[str, float] = {}
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "RssAnon", "RssFile"):
+                found[name] = int(value.split()[0]) / 1024.0
     except (OSError, ValueError, IndexError):
         return None
-    return None
+    if "VmRSS" not in found:
+        return None
+    return found["VmRSS"], found.get("RssAnon", 0.0), found.get("RssFile", 0.0)
 
 
 @dataclass
@@ -815,6 +826,10 @@ class Bench:
             early, late = child.rss_at(0.1), child.rss_at(0.9)
             if early is not None and late is not None and child.wall_s >= 30.0:
                 notes.append(f"RSS at 10% of the run {early:.0f} MB, at 90% {late:.0f} MB")
+            peaks_seen = child.sampled_peaks()
+            if peaks_seen is not None:
+                anon, backed = peaks_seen
+                notes.append(f"sampled peak anon {anon:.0f} MB, file-backed {backed:.0f} MB")
             store = self.dir / f"{name}.db"
             if store.exists():
                 notes.append(f"store {store.stat().st_size / 2**20:.0f} MB")
