@@ -59,6 +59,10 @@ class ModelConfig(_Strict):
         for name in ("model", "messages"):
             if name in self.params:
                 raise ValueError(f"model.params may not set '{name}'; use model.name / the prompt")
+        for name in ("max_tokens", "max_completion_tokens"):
+            value = self.params.get(name)
+            if value is not None and (type(value) is not int or value < 1):
+                raise ValueError(f"model.params.{name} must be a positive whole number")
         return self
 
 

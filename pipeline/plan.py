@@ -12,6 +12,7 @@ from typing import Any
 from .config import Config
 from .job import render_rows
 from .records import FAILED, OK
+from .render import completion_reserve
 from .runner import open_input
 from .store import Store
 
@@ -39,8 +40,7 @@ def make_plan(config: Config, *, limit: int | None = None, show: int = 3) -> Pla
     opened = open_input(config, limit)
     plan = Plan()
     store = Store(config.store_path) if config.store_path.exists() else None
-    params = config.model.params
-    reserve = int(params.get("max_tokens") or params.get("max_completion_tokens") or 256)
+    reserve = completion_reserve(config.model.params)
     seen: set[str] = set()
     try:
         for frame in opened.source.chunks(config.run.chunk_rows):

@@ -89,10 +89,15 @@ def reask_key(key: str, attempt: int) -> str:
     return f"{key}~{attempt}" if attempt else key
 
 
+def completion_reserve(params: Mapping[str, Any]) -> int:
+    """The completion tokens a request may use: its `max_tokens`, else a default."""
+    reserve = params.get("max_tokens") or params.get("max_completion_tokens")
+    return reserve if type(reserve) is int and reserve > 0 else DEFAULT_RESERVE
+
+
 def estimate_tokens(text_chars: int, params: Mapping[str, Any]) -> int:
     """Prompt tokens guessed at 4 characters each, plus the completion budget."""
-    reserve = params.get("max_tokens") or params.get("max_completion_tokens") or DEFAULT_RESERVE
-    return text_chars // 4 + 1 + int(reserve)
+    return text_chars // 4 + 1 + completion_reserve(params)
 
 
 def image_url(value: str, base: Path) -> str:

@@ -479,3 +479,14 @@ def test_params_may_not_replace_the_model_or_the_messages(tmp_path: Path) -> Non
     )
     with pytest.raises(ConfigError, match="may not set 'model'"):
         load(path)
+
+
+@pytest.mark.parametrize("value", ["'16'", "0", "-3", "[1]", "1.5"])
+def test_max_tokens_must_be_a_positive_whole_number(tmp_path: Path, value: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "input: {path: in.csv}\nprompt: {template: x}\noutput: {path: o.csv}\n"
+        f"model: {{params: {{max_tokens: {value}}}}}\n"
+    )
+    with pytest.raises(ConfigError, match="max_tokens must be a positive whole number"):
+        load(path)

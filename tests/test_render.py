@@ -212,7 +212,9 @@ json_values = st.recursive(
     max_leaves=10,
 )
 params_strategy = st.dictionaries(
-    st.text(min_size=1, max_size=10).filter(lambda k: k not in ("model", "messages")),
+    st.text(min_size=1, max_size=10).filter(
+        lambda k: k not in ("model", "messages", "max_tokens", "max_completion_tokens")
+    ),
     json_values,
     max_size=6,
 )
