@@ -12,12 +12,10 @@ import httpx
 import polars as pl
 from pydantic import ValidationError
 
-from .answers import output_columns
 from .config import DEFAULT_MODEL, Config
-from .errors import ConfigError, InputError
-from .parse import Parser
+from .errors import ConfigError
 from .render import Renderer
-from .runner import execute
+from .runner import check_new_columns, execute
 
 T = TypeVar("T")
 
@@ -77,13 +75,7 @@ async def amap_rows(
     """`map_rows` for code already inside an event loop."""
     config = make_config(template, model, output_column, options)
     renderer = Renderer(config.prompt, config.model, df.columns, config.output, Path())
-    clash = [
-        c
-        for c in output_columns(Parser(config.output), config.output.include_meta)
-        if c in df.columns
-    ]
-    if clash:
-        raise InputError(f"output column '{clash[0]}' already exists in the frame")
+    check_new_columns(config, df.columns)
     parts: list[pl.DataFrame] = []
     size = config.run.chunk_rows
     frames = (df.slice(start, size) for start in range(0, max(df.height, 1), size))

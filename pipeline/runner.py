@@ -73,14 +73,19 @@ def open_input(config: Config, limit: int | None = None) -> Plan:
     renderer = Renderer(
         config.prompt, config.model, source.columns, config.output, config.input.path.parent
     )
+    check_new_columns(config, source.columns)
+    return Plan(source, renderer)
+
+
+def check_new_columns(config: Config, columns: list[str]) -> None:
+    """The answer (and meta) columns must not overwrite an input column."""
     new = output_columns(Parser(config.output), config.output.include_meta)
-    clash = [name for name in new if name in source.columns]
+    clash = [name for name in new if name in columns]
     if clash:
         key = "output.schema" if config.output.parse == "json" else "output.column"
         raise InputError(
             f"output column '{clash[0]}' already exists in the input; rename it in {key}"
         )
-    return Plan(source, renderer)
 
 
 def model_price(config: Config, key: str | None) -> Price | None:
