@@ -129,6 +129,7 @@ async def run(
             progress=progress,
             transport=transport,
             offline=offline,
+            prune_memo=limit is None,
         )
         sink.commit()
     except BaseException:
@@ -148,8 +149,12 @@ async def execute(
     progress: Progress | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     offline: bool = False,
+    prune_memo: bool = False,
 ) -> Summary:
-    """The engine: frames in, answered frames to `write`, in order, under the store's lock."""
+    """The engine: frames in, answered frames to `write`, in order, under the store's lock.
+
+    `prune_memo`: `frames` are the whole input, so memoised chunks not seen are stale.
+    """
     started = time.monotonic()
     progress = progress or Progress(enabled=False)
     key = None if offline else api_key(config)
@@ -179,6 +184,8 @@ async def execute(
                 job.start()
                 stack.push_async_callback(job.close)
                 await _stream(job, frames, write)
+                if prune_memo and job.sender.stop_reason is None:
+                    job.memo.prune()
         finally:
             store.close()
         summary = _finish(job, started)

@@ -15,7 +15,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from .errors import LockError, OutputError
 from .records import Result
@@ -39,7 +39,26 @@ def _m001_responses(db: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m001_responses]
+def _m002_memo(db: sqlite3.Connection) -> None:
+    """Memoised chunks (see memo.py); any change to a stored response clears them all."""
+    db.execute(
+        """CREATE TABLE memo (
+            digest BLOB PRIMARY KEY,
+            fingerprint TEXT NOT NULL,
+            columns BLOB NOT NULL,
+            ok INTEGER NOT NULL,
+            skipped INTEGER NOT NULL,
+            updated_at REAL NOT NULL
+        )"""
+    )
+    for event in ("DELETE", "UPDATE"):
+        db.execute(
+            f"CREATE TRIGGER responses_{event.lower()}_clears_memo AFTER {event} ON responses "
+            "BEGIN DELETE FROM memo; END"
+        )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m001_responses, _m002_memo]
 
 
 class Store:
@@ -103,16 +122,38 @@ class Store:
             )
             for r in results
         ]
+        self._write(
+            f"INSERT OR REPLACE INTO responses ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", rows
+        )
+
+    def _write(self, statement: str, rows: list[tuple[Any, ...]]) -> None:
+        """Run `statement` over `rows` in one transaction; a failure leaves nothing behind."""
         try:
             self._db.execute("BEGIN")
-            self._db.executemany(
-                f"INSERT OR REPLACE INTO responses ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", rows
-            )
+            self._db.executemany(statement, rows)
             self._db.execute("COMMIT")
         except (sqlite3.Error, OverflowError, ValueError) as exc:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise OutputError(f"cannot write store {self.path}: {exc}") from exc
+
+    def memo_get(self, digest: bytes) -> tuple[bytes, int, int] | None:
+        """A memoised chunk's (columns, ok, skipped), if the store has it."""
+        query = "SELECT columns, ok, skipped FROM memo WHERE digest = ?"
+        row = self._db.execute(query, (digest,)).fetchone()
+        return None if row is None else (bytes(row[0]), int(row[1]), int(row[2]))
+
+    def memo_put(
+        self, digest: bytes, fingerprint: str, columns: bytes, ok: int, skipped: int
+    ) -> None:
+        row = (digest, fingerprint, columns, ok, skipped, time.time())
+        self._write("INSERT OR REPLACE INTO memo VALUES (?,?,?,?,?,?)", [row])
+
+    def memo_prune(self, keep: set[bytes]) -> None:
+        """Drop the memoised chunks not in `keep` (those of older data or settings)."""
+        stale = [(d,) for (d,) in self._db.execute("SELECT digest FROM memo") if d not in keep]
+        if stale:
+            self._write("DELETE FROM memo WHERE digest = ?", stale)
 
     def counts(self) -> dict[str, int]:
         """Stored requests by status."""

@@ -40,17 +40,20 @@ class Summary:
     fail_threshold: float = 0.0
 
     def count(self, status: str) -> None:
-        self.rows += 1
+        self.count_many(status, 1)
+
+    def count_many(self, status: str, rows: int) -> None:
+        self.rows += rows
         if status == OK:
-            self.answered += 1
+            self.answered += rows
         elif status == FAILED:
-            self.failed += 1
+            self.failed += rows
         elif status == INVALID:
-            self.invalid += 1
+            self.invalid += rows
         elif status == SKIPPED:
-            self.skipped += 1
+            self.skipped += rows
         else:
-            self.pending += 1
+            self.pending += rows
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
