@@ -166,10 +166,10 @@ class ChatClient:
             await self._session.close()
             self._session = None
 
-    async def complete(self, body: dict[str, Any], payload: bytes | None = None) -> Completion:
-        """Send one request; raise `RetryableError`, `RateLimited` or `FatalRequestError`."""
-        if payload is None:
-            payload = json.dumps(body, ensure_ascii=False).encode()
+    async def complete(self, body: dict[str, Any] | bytes) -> Completion:
+        """Send one body (bytes: JSON sent as is); raise `RetryableError`, `RateLimited` or
+        `FatalRequestError`."""
+        payload = body if isinstance(body, bytes) else json.dumps(body, ensure_ascii=False).encode()
         if self._httpx is not None:
             status, text, headers = await self._post_httpx(self._httpx, payload)
         else:

@@ -240,9 +240,7 @@ class Job:
             if result is not None and (result.status != OK or is_valid(self.parser, result)):
                 break
             key = reask_key(request.key, attempt)
-            sent = await self.sender.send(
-                Request(key, request.body, request.est_tokens, request.payload)
-            )
+            sent = await self.sender.send(Request(key, request.payload, request.est_tokens))
             if sent.status in (OK, FAILED):
                 await self._writer.put(sent)
             if sent.status != OK and result is not None:

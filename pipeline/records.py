@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,9 +19,12 @@ class Request:
     """One rendered chat-completions request and its store key."""
 
     key: str
-    body: dict[str, Any]
+    payload: bytes  # the body as canonical JSON: sent as is, and hashed into the key
     est_tokens: int
-    payload: bytes | None = None  # the body as the canonical JSON that is sent
+
+    @property
+    def body(self) -> dict[str, Any]:
+        return dict(json.loads(self.payload))
 
 
 @dataclass(frozen=True, slots=True)

@@ -216,25 +216,23 @@ class Renderer:
         values = {n: "" if (v := row.get(n)) is None else v for n in self.variables}
         if self._labels:
             values["labels"] = self._labels
-        messages: list[dict[str, Any]] = []
+        system = None
         if self._system is not None:
             system = self._system_text or self._system.render(values)
-            messages.append({"role": "system", "content": system})
         text = self._template.render(values)
-        chars = len(text) + sum(len(m["content"]) for m in messages)
+        chars = len(text) + (len(system) if system is not None else 0)
         urls = [image_url(str(row[n]), self._image_base) for n in self.images if row.get(n)]
         if urls:
+            messages: list[dict[str, Any]] = []
+            if system is not None:
+                messages.append({"role": "system", "content": system})
             parts: list[dict[str, Any]] = [{"type": "text", "text": text}]
             parts += [{"type": "image_url", "image_url": {"url": url}} for url in urls]
             messages.append({"role": "user", "content": parts})
             payload = canonical_body(self._model, messages, self._params)
+        elif system is not None:
+            payload = self._writer.write([("system", system), ("user", text)])
         else:
-            messages.append({"role": "user", "content": text})
-            payload = self._writer.write([(m["role"], m["content"]) for m in messages])
-        body = {"model": self._model, "messages": messages, **self._params}
-        return Request(
-            key=key_of(payload),
-            body=body,
-            est_tokens=estimate_tokens(chars, self._params) + IMAGE_TOKENS * len(urls),
-            payload=payload,
-        )
+            payload = self._writer.write([("user", text)])
+        est_tokens = estimate_tokens(chars, self._params) + IMAGE_TOKENS * len(urls)
+        return Request(key_of(payload), payload, est_tokens)

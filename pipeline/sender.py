@@ -121,7 +121,7 @@ class Sender:
             raise _Stopped
         self.counters.requests_sent += 1
         try:
-            completion = await self._client.complete(request.body, request.payload)
+            completion = await self._client.complete(request.payload)
         except RateLimited as exc:
             rate = exc.rate if isinstance(exc.rate, RateHeaders) else None
             self._limiter.rate_limited_by_server(exc.retry_after, sent_at=sent_at, rate=rate)
