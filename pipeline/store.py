@@ -4,16 +4,22 @@ The store keeps the raw response apart from the answer, so a parser change costs
 request. Writes go through `Writer`, which commits everything finished in one event-loop
 tick as one transaction: a worker moves on only once its answer is on disk, so a kill -9
 repeats at most the requests that were in flight.
+
+Answers are first appended to `recent` (an insert at the end of a table writes a page or
+two per commit, where one into the key-ordered `responses` writes a page per row); every
+`MERGE_ROWS` answers, on close, and on opening after a kill, they move to `responses` in one
+transaction, in key order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -21,6 +27,7 @@ from .errors import LockError, OutputError
 from .records import Result
 
 _COLUMNS = "key, status, answer, raw, error, prompt_tokens, completion_tokens, attempts, updated_at"
+MERGE_ROWS = 20_000  # answers kept in `recent` (and in memory) before they move to `responses`
 
 
 def _m001_responses(db: sqlite3.Connection) -> None:
@@ -58,7 +65,28 @@ def _m002_memo(db: sqlite3.Connection) -> None:
         )
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m001_responses, _m002_memo]
+def _m003_recent(db: sqlite3.Connection) -> None:
+    """Answers in arrival order, not yet merged into `responses`."""
+    db.execute(
+        """CREATE TABLE recent (
+            key TEXT NOT NULL,
+            status TEXT NOT NULL,
+            answer TEXT,
+            raw TEXT,
+            error TEXT,
+            prompt_tokens INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            updated_at REAL NOT NULL
+        )"""
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _m001_responses,
+    _m002_memo,
+    _m003_recent,
+]
 
 
 class Store:
@@ -76,6 +104,9 @@ class Store:
             self._migrate()
         except (OSError, sqlite3.Error) as exc:
             raise OutputError(f"cannot open store {path}: {exc}") from exc
+        self._recent: dict[str, Result] = {}  # what `recent` holds, for lookups
+        self._recent_rows = 0
+        self.merge()  # answers a killed run left in `recent`
 
     def _migrate(self) -> None:
         version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
@@ -86,11 +117,15 @@ class Store:
             self._db.execute("COMMIT")
 
     def lookup(self, keys: Iterable[str], *, with_raw: bool = True) -> dict[str, Result]:
-        """The stored results among `keys`; `with_raw=False` leaves out the raw bodies."""
+        """The stored results among `keys`; `with_raw=False` may leave out the raw bodies."""
         columns = _COLUMNS if with_raw else _COLUMNS.replace("raw,", "NULL,")
         found: dict[str, Result] = {}
         batch: list[str] = []
+        recent = self._recent
         for key in sorted(keys):  # neighbouring keys share pages of the index
+            if key in recent:
+                found[key] = recent[key]
+                continue
             batch.append(key)
             if len(batch) == 500:
                 self._lookup_batch(columns, batch, found)
@@ -106,7 +141,7 @@ class Store:
             found[row[0]] = Result(*row[:8])
 
     def put_many(self, results: list[Result]) -> None:
-        """Insert or replace `results` in one transaction."""
+        """Store `results` in one transaction (a later result for a key replaces it)."""
         now = time.time()
         rows = [
             (
@@ -122,15 +157,36 @@ class Store:
             )
             for r in results
         ]
-        self._write(
-            f"INSERT OR REPLACE INTO responses ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", rows
-        )
+        self._write(f"INSERT INTO recent ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", rows)
+        for result in results:
+            self._recent[result.key] = result
+        self._recent_rows += len(rows)
+        if self._recent_rows >= MERGE_ROWS:
+            self.merge()
+
+    def merge(self) -> None:
+        """Move the answers in `recent` to `responses`, the later of two for a key winning."""
+        if not self._recent and self._db.execute("SELECT 1 FROM recent LIMIT 1").fetchone() is None:
+            return
+        with self._transaction():
+            self._db.execute(
+                f"INSERT OR REPLACE INTO responses ({_COLUMNS}) "
+                f"SELECT {_COLUMNS} FROM recent ORDER BY key, rowid"
+            )
+            self._db.execute("DELETE FROM recent")
+        self._recent.clear()
+        self._recent_rows = 0
 
     def _write(self, statement: str, rows: list[tuple[Any, ...]]) -> None:
         """Run `statement` over `rows` in one transaction; a failure leaves nothing behind."""
+        with self._transaction():
+            self._db.executemany(statement, rows)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
         try:
             self._db.execute("BEGIN")
-            self._db.executemany(statement, rows)
+            yield
             self._db.execute("COMMIT")
         except (sqlite3.Error, OverflowError, ValueError) as exc:
             if self._db.in_transaction:
@@ -157,10 +213,13 @@ class Store:
 
     def counts(self) -> dict[str, int]:
         """Stored requests by status."""
+        self.merge()
         query = "SELECT status, count(*) FROM responses GROUP BY status"
         return {status: n for status, n in self._db.execute(query)}
 
     def close(self) -> None:
+        with contextlib.suppress(OutputError):  # a full disk: the next open merges `recent`
+            self.merge()
         self._db.close()
 
 

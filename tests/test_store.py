@@ -44,10 +44,12 @@ def ok(
     )
 
 
-def read_directly(path: Path, key: str) -> tuple[str, str | None] | None:
+def read_directly(path: Path, key: str, table: str = "recent") -> tuple[str, str | None] | None:
     """Read one row over a separate connection: only committed data is visible."""
     with contextlib.closing(sqlite3.connect(path)) as db:
-        row = db.execute("SELECT status, answer FROM responses WHERE key = ?", (key,)).fetchone()
+        order = " ORDER BY rowid DESC" if table == "recent" else ""  # the latest answer
+        query = f"SELECT status, answer FROM {table} WHERE key = ?{order}"
+        row = db.execute(query, (key,)).fetchone()
     return None if row is None else (row[0], row[1])
 
 
@@ -137,6 +139,42 @@ def test_committed_data_is_visible_to_other_connections(store: Store) -> None:
     store.put_many([ok("k", "v")])
 
     assert read_directly(store.path, "k") == (OK, "v")
+    assert read_directly(store.path, "k", "responses") is None  # not merged yet
+    store.merge()
+    assert read_directly(store.path, "k", "responses") == (OK, "v")
+    assert read_directly(store.path, "k") is None
+
+
+def test_answers_move_to_responses_in_bulk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("pipeline.store.MERGE_ROWS", 3)
+    store = Store(tmp_path / "s.db")
+    try:
+        store.put_many([Result("a", FAILED, error="timeout"), ok("b")])
+        assert read_directly(store.path, "a", "responses") is None
+        store.put_many([ok("a", "later")])  # the third answer: all three move
+        assert read_directly(store.path, "a", "responses") == (OK, "later")
+        assert read_directly(store.path, "b", "responses") == (OK, "yes")
+        assert read_directly(store.path, "a") is None
+        assert store.lookup(["a", "b"]) == {"a": ok("a", "later"), "b": ok("b")}
+    finally:
+        store.close()
+
+
+def test_answers_a_killed_run_left_are_merged_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = Store(path)
+    store.put_many([Result("k", FAILED, error="timeout"), ok("j")])
+    store.put_many([ok("k", "fine")])
+    # no close(): as after kill -9, the answers are only in `recent`
+    assert read_directly(path, "k", "responses") is None
+    reopened = Store(path)
+    try:
+        assert read_directly(path, "k", "responses") == (OK, "fine")
+        assert reopened.lookup(["k", "j"]) == {"k": ok("k", "fine"), "j": ok("j")}
+        assert reopened.counts() == {OK: 2}
+    finally:
+        reopened.close()
+        store.close()
 
 
 def test_unopenable_store_is_output_error(tmp_path: Path) -> None:
