@@ -27,23 +27,14 @@ from .errors import LockError, OutputError
 from .records import Result
 
 _COLUMNS = "key, status, answer, raw, error, prompt_tokens, completion_tokens, attempts, updated_at"
+_FIELDS = """status TEXT NOT NULL, answer TEXT, raw TEXT, error TEXT,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0, completion_tokens INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0, updated_at REAL NOT NULL"""
 MERGE_ROWS = 20_000  # answers kept in `recent` (and in memory) before they move to `responses`
 
 
 def _m001_responses(db: sqlite3.Connection) -> None:
-    db.execute(
-        """CREATE TABLE responses (
-            key TEXT PRIMARY KEY,
-            status TEXT NOT NULL,
-            answer TEXT,
-            raw TEXT,
-            error TEXT,
-            prompt_tokens INTEGER NOT NULL DEFAULT 0,
-            completion_tokens INTEGER NOT NULL DEFAULT 0,
-            attempts INTEGER NOT NULL DEFAULT 0,
-            updated_at REAL NOT NULL
-        ) WITHOUT ROWID"""
-    )
+    db.execute(f"CREATE TABLE responses (key TEXT PRIMARY KEY, {_FIELDS}) WITHOUT ROWID")
 
 
 def _m002_memo(db: sqlite3.Connection) -> None:
@@ -67,19 +58,7 @@ def _m002_memo(db: sqlite3.Connection) -> None:
 
 def _m003_recent(db: sqlite3.Connection) -> None:
     """Answers in arrival order, not yet merged into `responses`."""
-    db.execute(
-        """CREATE TABLE recent (
-            key TEXT NOT NULL,
-            status TEXT NOT NULL,
-            answer TEXT,
-            raw TEXT,
-            error TEXT,
-            prompt_tokens INTEGER NOT NULL DEFAULT 0,
-            completion_tokens INTEGER NOT NULL DEFAULT 0,
-            attempts INTEGER NOT NULL DEFAULT 0,
-            updated_at REAL NOT NULL
-        )"""
-    )
+    db.execute(f"CREATE TABLE recent (key TEXT NOT NULL, {_FIELDS})")
 
 
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [

@@ -868,19 +868,9 @@ class Bench:
                 filled = write_config(self.dir, name, source, mock.base_url)
                 run_cli(filled, self.dir / f"{name}_fill_cli", rows)
         self.log(f"S5 resume: rerun over {rows:,} stored rows")
-        with mock_server(self.dir, f"{name}_resume") as mock:
-            config = write_config(self.dir, name, source, mock.base_url, fresh=False)
-            child = run_cli(config, self.dir / f"{name}_resume_cli", rows)
-        stats = self.stats_of(f"{name}_resume", mock)
-        lost, wrong = check_output(output_of(self.dir, name), rows, sample=20_000)
+        child, stats = self._rerun(source, rows, "resume", "pipeline CLI", [])
         summary = child.summary()
-        notes = [*cli_note(child), f"from_store {summary.get('from_store')}"]
-        notes.append(f"server got {stats.get('requests', 0)} requests")
-        self.add(
-            client_line(
-                "S5 resume", "pipeline CLI", rows, child, stats, lost=lost, wrong=wrong, notes=notes
-            )
-        )
+        lost = self.lines[-1].lost
         self.target(
             "S5",
             f"resume over {rows:,} stored rows < 5 s",
@@ -902,25 +892,25 @@ class Bench:
         with sqlite3.connect(self.dir / f"{name}.db") as db:
             db.execute("DELETE FROM memo")
         self.log(f"S5 resume, memo cleared: rerun over {rows:,} stored rows, row by row")
-        with mock_server(self.dir, f"{name}_per_row") as mock:
+        note = "memo cleared: the per-row path, for reference (no target)"
+        self._rerun(source, rows, "per_row", "pipeline CLI, row by row", [note])
+
+    def _rerun(
+        self, source: Path, rows: int, step: str, client: str, notes: list[str]
+    ) -> tuple[Child, dict[str, Any]]:
+        """Rerun the S5 job of `rows` over its store; add its line."""
+        name = f"s5_{rows}"
+        with mock_server(self.dir, f"{name}_{step}") as mock:
             config = write_config(self.dir, name, source, mock.base_url, fresh=False)
-            child = run_cli(config, self.dir / f"{name}_per_row_cli", rows)
-        stats = self.stats_of(f"{name}_per_row", mock)
+            child = run_cli(config, self.dir / f"{name}_{step}_cli", rows)
+        stats = self.stats_of(f"{name}_{step}", mock)
         lost, wrong = check_output(output_of(self.dir, name), rows, sample=20_000)
-        notes = [*cli_note(child), "memo cleared: the per-row path, for reference (no target)"]
+        notes = [*cli_note(child), *notes, f"from_store {child.summary().get('from_store')}"]
         notes.append(f"server got {stats.get('requests', 0)} requests")
-        self.add(
-            client_line(
-                "S5 resume",
-                "pipeline CLI, row by row",
-                rows,
-                child,
-                stats,
-                lost=lost,
-                wrong=wrong,
-                notes=notes,
-            )
-        )
+        line = client_line("S5 resume", client, rows, child, stats, lost=lost, notes=notes)
+        line.wrong = wrong
+        self.add(line)
+        return child, stats
 
 
 # --- report ------------------------------------------------------------------------------
