@@ -6,8 +6,10 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from tqdm import tqdm
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 log = logging.getLogger("pipeline.progress")
 
@@ -32,6 +34,8 @@ class Progress:
         self._total, self._stats = total, stats
         self._started = self._last_log = time.monotonic()
         if self.enabled and self.tty:
+            from tqdm import tqdm  # only a terminal shows the bar; cron and CI skip the import
+
             self._bar = tqdm(total=total, unit="row", dynamic_ncols=True, file=sys.stderr)
 
     def advance(self, rows: int) -> None:
