@@ -1,6 +1,7 @@
 # make run   set up, start the local model server, run configs/demo.yaml, show rows, stop the server
 # make test  set up (local model server included) and run the test suite
-# make bench set up and run the performance benchmark (not part of make test)
+# make bench set up and run the performance benchmark (not part of make test);
+#            BENCH_ARGS='--quick' or '--repeat 3' are passed on to scripts/bench.py
 # make check format check, lint, types and tests
 
 PYTHON ?= python3
@@ -8,6 +9,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 LLAMA_CPP_VERSION := 0.3.36
 SMOLLM2_VERSION := 0.1.2
+BENCH_ARGS ?=
 
 .PHONY: setup model run test bench check clean
 
@@ -35,7 +37,7 @@ test: setup model
 	$(PY) -m pytest -q
 
 bench: setup
-	$(PY) scripts/bench.py
+	$(PY) scripts/bench.py $(BENCH_ARGS)
 
 check: setup
 	$(VENV)/bin/ruff format --check pipeline tests scripts

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -202,3 +205,37 @@ print(Memo(None, config, ["text"]).digest(frame).hex())
         for _ in range(2)
     }
     assert len(digests) == 1 and len(digests.pop().strip()) == 64
+
+
+def test_status_from_another_process_during_a_run_loses_nothing(tmp_path: Path) -> None:
+    """`status` opens the store and merges `recent` while the run keeps appending to it."""
+    rows = 60
+    table(tmp_path, texts(rows))
+    with FakeServer(latency=0.1) as slow:  # 60 rows, 2 at a time: about 3 s
+        config = write_config(tmp_path, slow.base_url, run={"concurrency": 2, "chunk_rows": 20})
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        log = (tmp_path / "run.log").open("w")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "run", str(config), "--no-progress"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+        try:
+            seen = []
+            deadline = time.monotonic() + 60
+            while process.poll() is None and len(seen) < 3 and time.monotonic() < deadline:
+                if slow.count > 10 * (len(seen) + 1):
+                    seen.append(json.loads(run_cli("status", str(config)).stdout)["done"])
+                time.sleep(0.02)
+            assert process.wait(timeout=60) == 0, (tmp_path / "run.log").read_text()
+        finally:
+            if process.poll() is None:
+                process.kill()
+            log.close()
+        assert seen == sorted(seen) and len(seen) == 3 and seen[0] > 0
+        assert slow.count == rows
+    with sqlite3.connect(tmp_path / "out/store.db") as db:
+        assert db.execute("SELECT count(*) FROM responses").fetchone()[0] == rows
+        assert db.execute("SELECT count(*) FROM recent").fetchone()[0] == 0
+    assert output(tmp_path)["answer"].to_list() == [f"echo: row {i}" for i in range(rows)]
