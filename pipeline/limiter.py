@@ -22,7 +22,7 @@ from .ratelimit import Budget, RateHeaders
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
-MARGIN = 0.99  # pace this far under a known limit, so jitter does not cross it
+MARGIN = 0.995  # pace this far under a known limit, so jitter does not cross it
 BACKOFF_FACTOR = 0.7  # rate multiplier after a 429 when the limit is being learned
 ACCEPTED_FACTOR = 0.8  # ... of the rate the server accepted, when that is measured
 KNOWN_BACKOFF_FACTOR = 0.9  # ... and when the limit is known (told or sent in headers)
