@@ -174,22 +174,18 @@ class ChatClient:
             status, text, headers = await self._post_httpx(self._httpx, payload)
         else:
             assert self._session is not None, "use the client inside `async with`"
-            status, text, headers = await self._post(self._session, payload)
+            try:  # inline, not a helper: one coroutine less per request on the hot path
+                async with self._session.post(self._url, data=payload) as response:
+                    data = await response.read()
+                    status, headers = response.status, response.headers
+            except TimeoutError:
+                raise RetryableError(f"timed out after {self._timeout_s:g} s") from None
+            except aiohttp.ClientError as exc:
+                raise RetryableError(f"connection failed: {_describe(exc)}") from None
+            text = data.decode("utf-8", "replace")
         if status != 200:
             raise_for_status(status, text, headers)
         return parse_completion(status, text, headers)
-
-    async def _post(
-        self, session: aiohttp.ClientSession, payload: bytes
-    ) -> tuple[int, str, Mapping[str, str]]:
-        try:
-            async with session.post(self._url, data=payload) as response:
-                data = await response.read()
-                return response.status, data.decode("utf-8", "replace"), response.headers
-        except TimeoutError:
-            raise RetryableError(f"timed out after {self._timeout_s:g} s") from None
-        except aiohttp.ClientError as exc:
-            raise RetryableError(f"connection failed: {_describe(exc)}") from None
 
     async def _post_httpx(
         self, client: httpx.AsyncClient, payload: bytes

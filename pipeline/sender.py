@@ -16,7 +16,6 @@ from .limiter import Limiter
 from .models import Price
 from .ratelimit import RateHeaders, rate_headers
 from .records import FAILED, OK, PENDING, Request, Result
-from .retry import policy
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +62,14 @@ class Sender:
 
     async def send(self, request: Request) -> Result:
         """The row's result: answered, failed (with the error) or pending (run stopped)."""
-        tries = [0]
+        tries = [1]
         try:
-            completion = await self._send_with_retries(request, tries)
+            if self.stop_reason is not None:
+                raise _Stopped
+            try:
+                completion = await self._attempt(request)
+            except RetryableError as exc:
+                completion = await self._retry(request, exc, tries)
         except _Stopped:
             return Result(request.key, PENDING, attempts=tries[0] - 1)
         except AuthError as exc:
@@ -94,15 +98,11 @@ class Sender:
             attempts=tries[0],
         )
 
-    async def _send_with_retries(self, request: Request, tries: list[int]) -> Completion:
-        """One plain try; the retry policy takes over only after a retryable failure."""
-        tries[0] = 1
-        if self.stop_reason is not None:
-            raise _Stopped
-        try:
-            return await self._attempt(request)
-        except RetryableError as exc:
-            failure: RetryableError | None = exc
+    async def _retry(self, request: Request, first: RetryableError, tries: list[int]) -> Completion:
+        """The retry policy, which takes over only after the first try failed retryably."""
+        from .retry import policy  # tenacity is imported only when a request fails
+
+        failure: RetryableError | None = first
         async for attempt in policy(self._config.run.max_retries):
             with attempt:
                 if failure is not None:
