@@ -25,7 +25,7 @@ from .errors import AuthError, FatalRequestError, RateLimited, RetryableError
 from .ratelimit import rate_headers
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Completion:
     """A successful answer: the message content, its token usage and the raw body."""
 

@@ -9,7 +9,6 @@ answer that does not parse is asked again up to `output.retry_invalid` times.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +93,7 @@ class Job:
         self.memo = Memo(store, config, renderer.columns)
         self._queue: asyncio.Queue[Work] = asyncio.Queue(maxsize=config.run.concurrency * 4)
         self._inflight: dict[str, asyncio.Future[Result]] = {}
+        self._inflight_rows: dict[str, int] = {}  # rows waiting on each in-flight key
         self._failed: dict[str, Result] = {}  # failed in this run: not sent again in this run
         self._workers: list[asyncio.Task[None]] = []
         self.fatal: OutputError | None = None  # the store failed: the run must stop
@@ -149,7 +149,7 @@ class Job:
                 chunk.known[key] = self._failed[key]
             elif key in self._inflight:
                 chunk.waiting[key] = self._inflight[key]
-                chunk.waiting[key].add_done_callback(self._advance_by(rows_per_key[key]))
+                self._inflight_rows[key] += rows_per_key[key]
             elif stopped:
                 chunk.known[key] = Result(key, PENDING)
             else:
@@ -157,7 +157,7 @@ class Job:
             if work is not None:
                 future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
                 self._inflight[key] = chunk.waiting[key] = future
-                future.add_done_callback(self._advance_by(rows_per_key[key]))
+                self._inflight_rows[key] = rows_per_key[key]
                 await self._queue.put(work)
             elif key in chunk.known:
                 settled += rows_per_key[key]
@@ -179,9 +179,6 @@ class Job:
                 return result, attempt
             result = found
         return result, None
-
-    def _advance_by(self, rows: int) -> Callable[[asyncio.Future[Result]], None]:
-        return lambda _: self.progress.advance(rows)
 
     async def finish(self, chunk: Chunk) -> pl.DataFrame:
         """Wait for the chunk's answers and add them as columns, in row order."""
@@ -217,24 +214,27 @@ class Job:
     async def _work(self) -> None:
         while True:
             request, reask, prior = await self._queue.get()
-            future = self._inflight[request.key]
+            key = request.key
             try:
                 result = await self._resolve(request, reask, prior)
             except OutputError as exc:
                 self.sender.stop(str(exc))
                 self.fatal = self.fatal or exc
-                del self._inflight[request.key]
-                future.set_result(Result(request.key, PENDING))
-                continue
+                result = Result(key, PENDING)
             finally:
                 self._queue.task_done()
             if result.status == FAILED:
-                self._failed[request.key] = result
-            del self._inflight[request.key]
-            future.set_result(result)
+                self._failed[key] = result
+            self._inflight.pop(key).set_result(result)
+            self.progress.advance(self._inflight_rows.pop(key))
 
     async def _resolve(self, request: Request, reask: int, prior: Result | None) -> Result:
         """Send the request (or its next re-ask) until its answer parses or re-asks run out."""
+        if reask == 0 and not self._reasks:  # the common case: one answer, stored
+            sent = await self.sender.send(request)
+            if sent.status != PENDING:
+                await self._writer.put(sent)
+            return sent
         result = prior
         for attempt in range(reask, self._reasks + 1):
             if result is not None and (result.status != OK or is_valid(self.parser, result)):

@@ -14,7 +14,7 @@ PENDING = "pending"
 INVALID = "invalid"  # answered, but the answer did not parse (output only)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Request:
     """One rendered chat-completions request and its store key."""
 
@@ -27,7 +27,7 @@ class Request:
         return dict(json.loads(self.payload))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Result:
     """What came back for one request, as the store keeps it."""
 

@@ -211,13 +211,17 @@ class Writer:
         self._flushed: asyncio.Future[None] | None = None
 
     async def put(self, result: Result) -> None:
-        """Queue `result` and wait until it is committed."""
+        """Queue `result` and wait until it is committed.
+
+        Workers wait on one shared future, not a shielded copy each (a third of the
+        callbacks); they are only ever cancelled all together, when the run ends.
+        """
         self._pending.append(result)
         if self._flushed is None:
             loop = asyncio.get_running_loop()
             self._flushed = loop.create_future()
             loop.call_soon(self._flush)
-        await asyncio.shield(self._flushed)
+        await self._flushed
 
     def _flush(self) -> None:
         flushed, self._flushed = self._flushed, None
@@ -226,10 +230,12 @@ class Writer:
         try:
             self._store.put_many(pending)
         except BaseException as exc:  # every waiting worker must hear of it
-            flushed.set_exception(exc)
-            flushed.exception()  # seen here: no "never retrieved" noise if all waiters left
+            if not flushed.done():
+                flushed.set_exception(exc)
+                flushed.exception()  # seen here: no "never retrieved" noise if all waiters left
         else:
-            flushed.set_result(None)
+            if not flushed.done():  # cancelled: the run is ending, the answers are stored
+                flushed.set_result(None)
 
 
 class Lock:
