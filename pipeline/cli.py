@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -103,8 +104,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def console() -> int:
+    """The `pipeline` command as its own process: `main` after tuning the garbage collector.
+
+    A run allocates a few dozen short-lived objects per row and keeps almost none. Measured
+    on 20,000 rows, the default thresholds spent 0.43 CPU-s in collections, mostly
+    re-scanning what the imports built; frozen imports and a young generation of 50,000
+    objects spend 0.05. Reference counting still frees almost everything at once; only
+    cycles wait for the next collection. A process that imports the library keeps its own
+    settings.
+    """
+    gc.freeze()
+    gc.set_threshold(50_000, 10, 10)
+    return main()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script; returns the exit code."""
+    """Parse `argv` and run the command; returns the exit code."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
