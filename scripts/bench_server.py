@@ -234,14 +234,16 @@ class Mock:
 
     def stats(self) -> dict[str, Any]:
         """The counters as one JSON-able object."""
-        cpu = time.process_time() - self.cpu0 if self.requests else 0.0  # before numpy loads
+        cpu = time.process_time() - self.cpu0 if self.requests else 0.0  # before pyarrow loads
         distinct = twice = 0
         if len(self.answered):
-            import numpy as np
+            import pyarrow as pa  # a dependency of the project; numpy may not be installed
+            import pyarrow.compute as pc
 
-            hashes = np.frombuffer(self.answered, dtype=np.int64)
-            _, counts = np.unique(hashes, return_counts=True)
-            distinct, twice = int(counts.size), int((counts > 1).sum())
+            data = pa.py_buffer(bytes(self.answered))  # a copy: `answered` may grow later
+            hashes = pa.Array.from_buffers(pa.int64(), len(data) // 8, [None, data])
+            counts = pc.value_counts(hashes).field("counts")
+            distinct, twice = len(counts), int(pc.sum(pc.greater(counts, 1)).as_py() or 0)
         window = self.window
         return {
             "requests": self.requests,
