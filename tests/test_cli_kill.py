@@ -61,3 +61,41 @@ def test_kill_9_then_rerun_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     got = pl.read_parquet(tmp_path / "killed/out/answers.parquet")
     assert got.equals(expected)
     assert not list((tmp_path / "killed/out").glob(".*.tmp"))  # the dead run's temp file is gone
+
+
+def test_ctrl_c_keeps_every_answer_and_says_so(tmp_path: Path) -> None:
+    table = pl.DataFrame({"id": range(ROWS), "text": [f"item {i}" for i in range(ROWS)]})
+    table.write_csv(tmp_path / "in.csv")
+    run = {"concurrency": CONCURRENCY, "chunk_rows": 50}
+    with FakeServer(latency=0.02) as server:
+        config = write_config(tmp_path, server.base_url, run=run)
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "run", str(config), "--no-progress"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        while server.count < ROWS // 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+        assert process.returncode == 130, stderr
+        assert "interrupted: answers so far are in the store" in stderr
+        for noise in ("Traceback", "Exception in callback", "never retrieved"):
+            assert noise not in stderr, stderr
+        time.sleep(0.2)  # let the server finish requests that were in flight
+        first = {last_content(body) for body in server.requests}
+        assert ROWS // 2 <= len(first) < ROWS
+
+        ran = run_cli("run", str(config))
+        assert ran.code == 0, ran.stderr
+        second = [last_content(body) for body in server.requests[len(first) :]]
+
+    assert len(first.intersection(second)) <= CONCURRENCY
+    assert first.union(second) == {f"item {i}" for i in range(ROWS)}
+    got = pl.read_parquet(tmp_path / "out/answers.parquet")
+    assert got["id"].to_list() == list(range(ROWS))
+    assert got["_status"].to_list() == ["ok"] * ROWS

@@ -272,6 +272,31 @@ def test_put_does_not_commit_before_the_loop_turns(tmp_path: Path) -> None:
         store.close()
 
 
+def test_workers_cancelled_while_waiting_still_store_and_log_nothing(tmp_path: Path) -> None:
+    # The run ends by cancelling every worker; some may be waiting for their commit.
+    store = CountingStore(tmp_path / "s.db")
+    errors: list[dict[str, object]] = []
+
+    async def go() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _, context: errors.append(context))
+        writer = Writer(store)
+        tasks = [asyncio.ensure_future(writer.put(ok(f"k{i}"))) for i in range(3)]
+        await asyncio.sleep(0)  # all three wait on the scheduled commit
+        for task in tasks:
+            task.cancel()
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        assert all(isinstance(o, asyncio.CancelledError) for o in outcomes)
+        await asyncio.sleep(0)  # the commit runs after the cancellations
+
+    try:
+        asyncio.run(go())
+        assert store.batches == [["k0", "k1", "k2"]]
+        assert store.counts() == {OK: 3}
+    finally:
+        store.close()
+    assert errors == []
+
+
 def test_write_error_reaches_every_waiting_put(tmp_path: Path) -> None:
     store = BrokenStore(tmp_path / "s.db", OutputError("disk full"))
 
