@@ -241,7 +241,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     config = _config(args)
-    plan = make_plan(config, limit=args.limit, show=0)
+    plan = make_plan(config, limit=args.limit, show=0, counts_only=True)
     report = {
         "rows": plan.rows,
         "done": plan.done,

@@ -9,8 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import polars as pl
+
 from .config import Config
 from .job import render_rows
+from .memo import Memo
 from .records import FAILED, OK
 from .render import completion_reserve
 from .runner import open_input
@@ -35,21 +38,32 @@ class Plan:
     first: list[dict[str, Any]] = field(default_factory=list)
 
 
-def make_plan(config: Config, *, limit: int | None = None, show: int = 3) -> Plan:
-    """Render every row and count what is stored, failed and still to send."""
+def make_plan(
+    config: Config, *, limit: int | None = None, show: int = 3, counts_only: bool = False
+) -> Plan:
+    """Render every row and count what is stored, failed and still to send.
+
+    `counts_only` (for `status`): rows by state only, so a chunk the memo holds is counted
+    without rendering it, and no set of every request key is kept.
+    """
     opened = open_input(config, limit)
     plan = Plan()
     store = Store(config.store_path) if config.store_path.exists() else None
+    memo = (
+        Memo(store, config, opened.renderer.columns) if store is not None and counts_only else None
+    )
     reserve = completion_reserve(config.model.params)
     seen: set[str] = set()
     try:
         for frame in opened.source.chunks(config.run.chunk_rows):
+            if memo is not None and _count_memoised(memo, frame, plan):
+                continue
             requests, errors = render_rows(opened.renderer, frame)
             plan.rows += len(requests)
             plan.row_errors += len(errors)
             plan.skipped += requests.count(None) - len(errors)
             fresh = {r.key for r in requests if r is not None and r.key not in seen}
-            stored = store.lookup(fresh) if store is not None else {}
+            stored = store.lookup(fresh, with_raw=False) if store is not None else {}
             for request in requests:
                 if request is None:
                     continue
@@ -63,7 +77,7 @@ def make_plan(config: Config, *, limit: int | None = None, show: int = 3) -> Pla
                     plan.failed += 1
                 else:
                     plan.pending += 1
-                if request.key not in seen:
+                if not counts_only and request.key not in seen:
                     seen.add(request.key)
                     if status != OK:
                         plan.to_send += 1
@@ -74,3 +88,16 @@ def make_plan(config: Config, *, limit: int | None = None, show: int = 3) -> Pla
         if store is not None:
             store.close()
     return plan
+
+
+def _count_memoised(memo: Memo, frame: pl.DataFrame, plan: Plan) -> bool:
+    """Count a chunk from the memo, if it holds the chunk: every row done or skipped."""
+    digest = memo.digest(frame)
+    counts = memo.store.memo_counts(digest) if digest is not None else None
+    if counts is None:
+        return False
+    ok, skipped = counts
+    plan.rows += frame.height
+    plan.done += ok
+    plan.skipped += skipped
+    return True

@@ -178,6 +178,13 @@ class Store:
         row = self._db.execute(query, (digest,)).fetchone()
         return None if row is None else (bytes(row[0]), int(row[1]), int(row[2]))
 
+    def memo_counts(self, digest: bytes) -> tuple[int, int] | None:
+        """A memoised chunk's (ok, skipped) rows, without reading its columns."""
+        row = self._db.execute(
+            "SELECT ok, skipped FROM memo WHERE digest = ?", (digest,)
+        ).fetchone()
+        return None if row is None else (int(row[0]), int(row[1]))
+
     def memo_put(
         self, digest: bytes, fingerprint: str, columns: bytes, ok: int, skipped: int
     ) -> None:

@@ -18,6 +18,7 @@ from e2e import ROOT, run_cli, write_config
 from fake_server import FakeServer
 
 from pipeline import job as job_module
+from pipeline import plan as plan_module
 from pipeline import runner
 from pipeline.config import load
 from pipeline.summary import Summary
@@ -141,6 +142,39 @@ def test_skipped_rows_are_final(
     assert first.skipped == 1
 
 
+def test_status_counts_memoised_chunks_without_rendering(
+    tmp_path: Path, server: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = texts()
+    rows[5] = None
+    table(tmp_path, rows)
+    config = write_config(
+        tmp_path, server.base_url, run={"chunk_rows": CHUNK}, prompt={"skip_null": ["text"]}
+    )
+    run(config)
+    rendered: list[int] = []
+    real = job_module.render_rows
+
+    def counting(renderer: Any, frame: pl.DataFrame) -> Any:
+        rendered.append(frame.height)
+        return real(renderer, frame)
+
+    monkeypatch.setattr(plan_module, "render_rows", counting)
+
+    def status() -> tuple[int, int, int, int]:
+        plan = plan_module.make_plan(load(config), show=0, counts_only=True)
+        return plan.rows, plan.done, plan.pending, plan.skipped + plan.row_errors
+
+    assert status() == (ROWS, ROWS - 1, 0, 1)
+    assert rendered == []
+    rows[17] = "changed"
+    table(tmp_path, rows)
+    assert status() == (ROWS, ROWS - 2, 1, 1)
+    assert rendered == [CHUNK]  # only the changed row's chunk
+    shown = run_cli("status", str(config))
+    assert json.loads(shown.stdout)["pending"] == 1
+
+
 @pytest.mark.parametrize(
     "change",
     [
@@ -222,7 +256,7 @@ def test_status_from_another_process_during_a_run_loses_nothing(tmp_path: Path) 
             stderr=log,
         )
         try:
-            seen = []
+            seen: list[int] = []
             deadline = time.monotonic() + 60
             while process.poll() is None and len(seen) < 3 and time.monotonic() < deadline:
                 if slow.count > 10 * (len(seen) + 1):
