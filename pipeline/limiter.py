@@ -31,6 +31,7 @@ RECOVERY_S = 2.0
 DEFAULT_PAUSE_S = 1.0  # pause after a 429 that names no wait; doubles while 429s go on
 MAX_PAUSE_S = 4.0  # a probe every few seconds while the server keeps saying 429
 ACCEPTED_WINDOW_S = 10.0  # how far back the accepted rate is measured when learning
+MIN_ACCEPTED = 5  # fewer answers than this in the window: too little to learn a limit from
 
 
 class _Bucket:
@@ -171,15 +172,18 @@ class Limiter:
         if self._learning:
             # Answers accepted over the last window, as a per-minute rate: what the server
             # took while we were over its limit. Start from under that.
-            accepted = self._accepted_since(now - ACCEPTED_WINDOW_S) * 60.0 / ACCEPTED_WINDOW_S
-            if accepted > 0:
+            answers = self._accepted_since(now - ACCEPTED_WINDOW_S)
+            if answers >= MIN_ACCEPTED:
+                accepted = answers * 60.0 / ACCEPTED_WINDOW_S
                 if self._requests is None:
                     self._requests = _Bucket(accepted)
                 self._requests.per_minute = accepted
                 self.factor = ACCEPTED_FACTOR
                 return
             if self._requests is None:
-                return  # nothing accepted yet: nothing to learn from, only pause
+                # A 429 after an answer or two (a blip early in a run) would set a budget of
+                # a few requests a minute, to be climbed back 5 % at a time: only pause.
+                return
         cut = BACKOFF_FACTOR if self._learning else KNOWN_BACKOFF_FACTOR
         self.factor = max(0.05, self.factor * cut)
 

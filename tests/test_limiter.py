@@ -12,6 +12,7 @@ from pipeline.limiter import (
     DEFAULT_PAUSE_S,
     KNOWN_BACKOFF_FACTOR,
     MARGIN,
+    MIN_ACCEPTED,
     RECOVERY_S,
     RECOVERY_STEP,
     Limiter,
@@ -411,3 +412,20 @@ def test_with_no_budget_the_first_429_learns_one_from_the_accepted_rate() -> Non
     acquire(limiter)
     assert limiter.requests_per_minute == pytest.approx(learned * (1 + RECOVERY_STEP) ** 10)
     assert limiter.requests_per_minute > 21 * 6
+
+
+def test_a_429_after_too_few_answers_only_pauses() -> None:
+    limiter, fake = make()
+    for _ in range(MIN_ACCEPTED - 1):
+        limiter.settle(1, 1)
+        fake.now += 0.01
+    limiter.rate_limited_by_server(0.2, sent_at=fake.now)
+    assert limiter.requests_per_minute is None  # not a budget of a few requests a minute
+    assert limiter.paused_until == pytest.approx(fake.now + 0.2)
+    fake.now += 0.2
+    for _ in range(MIN_ACCEPTED):  # the server goes on accepting; then a real limit
+        limiter.settle(1, 1)
+        fake.now += 0.01
+    limiter.rate_limited_by_server(0.2, sent_at=fake.now)
+    answers = 2 * MIN_ACCEPTED - 1  # all within the last 10 s
+    assert limiter.requests_per_minute == pytest.approx(answers * 6 * ACCEPTED_FACTOR)
