@@ -85,6 +85,10 @@ class Memo:
         self.touched.add(digest)
         return Hit(pl.read_ipc(io.BytesIO(blob)), ok, skipped)
 
+    def counts(self, digest: bytes) -> tuple[int, int] | None:
+        """A memoised chunk's (ok, skipped) rows, without reading its columns."""
+        return self.store.memo_counts(digest)
+
     def put(self, digest: bytes, columns: pl.DataFrame, ok: int, skipped: int) -> None:
         buffer = io.BytesIO()
         columns.write_ipc(buffer, compression="zstd")

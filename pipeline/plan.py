@@ -127,7 +127,7 @@ def _count_to_send(requests: pl.DataFrame, reserve: int, plan: Plan) -> None:
 def _count_memoised(memo: Memo, frame: pl.DataFrame, plan: Plan) -> bool:
     """Count a chunk from the memo, if it holds the chunk: every row done or skipped."""
     digest = memo.digest(frame)
-    counts = memo.store.memo_counts(digest) if digest is not None else None
+    counts = memo.counts(digest) if digest is not None else None
     if counts is None:
         return False
     ok, skipped = counts

@@ -17,6 +17,17 @@ ROWS = 200
 CONCURRENCY = 4
 
 
+def start_run(config: Path, stderr: int) -> subprocess.Popen[str]:
+    """`pipeline run CONFIG` in the background, as a user starts it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", str(config), "--no-progress"],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        text=True,
+    )
+
+
 def test_kill_9_then_rerun_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     table = pl.DataFrame({"id": range(ROWS), "text": [f"item {i}" for i in range(ROWS)]})
     for name in ("whole", "killed"):
@@ -31,13 +42,7 @@ def test_kill_9_then_rerun_matches_an_uninterrupted_run(tmp_path: Path) -> None:
 
     with FakeServer(latency=0.02) as server:
         config = write_config(tmp_path / "killed", server.base_url, run=run)
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        process = subprocess.Popen(
-            [sys.executable, "-m", "pipeline", "run", str(config), "--no-progress"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        process = start_run(config, subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while server.count < ROWS // 2 and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -69,14 +74,7 @@ def test_ctrl_c_keeps_every_answer_and_says_so(tmp_path: Path) -> None:
     run = {"concurrency": CONCURRENCY, "chunk_rows": 50}
     with FakeServer(latency=0.02) as server:
         config = write_config(tmp_path, server.base_url, run=run)
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        process = subprocess.Popen(
-            [sys.executable, "-m", "pipeline", "run", str(config), "--no-progress"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        process = start_run(config, subprocess.PIPE)
         deadline = time.monotonic() + 60
         while server.count < ROWS // 2 and time.monotonic() < deadline:
             time.sleep(0.01)

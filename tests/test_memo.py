@@ -125,15 +125,21 @@ def test_chunks_with_unfinished_rows_are_not_memoised(tmp_path: Path, server: Fa
     assert memo_rows(tmp_path) == ROWS // CHUNK
 
 
+def with_a_skipped_row(folder: Path, server: FakeServer) -> tuple[list[str | None], Path]:
+    """A table whose row 5 is null, and a config that skips null rows."""
+    rows = texts()
+    rows[5] = None
+    table(folder, rows)
+    config = write_config(
+        folder, server.base_url, run={"chunk_rows": CHUNK}, prompt={"skip_null": ["text"]}
+    )
+    return rows, config
+
+
 def test_skipped_rows_are_final(
     tmp_path: Path, server: FakeServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    rows = texts()
-    rows[5] = None
-    table(tmp_path, rows)
-    config = write_config(
-        tmp_path, server.base_url, run={"chunk_rows": CHUNK}, prompt={"skip_null": ["text"]}
-    )
+    _, config = with_a_skipped_row(tmp_path, server)
     first = run(config)
     renders = Renders(monkeypatch)
     again = run(config)
@@ -145,12 +151,7 @@ def test_skipped_rows_are_final(
 def test_status_counts_memoised_chunks_without_rendering(
     tmp_path: Path, server: FakeServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    rows = texts()
-    rows[5] = None
-    table(tmp_path, rows)
-    config = write_config(
-        tmp_path, server.base_url, run={"chunk_rows": CHUNK}, prompt={"skip_null": ["text"]}
-    )
+    rows, config = with_a_skipped_row(tmp_path, server)
     run(config)
     rendered: list[int] = []
     real = job_module.render_rows
