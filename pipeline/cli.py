@@ -13,9 +13,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import __version__
+from .catalog import Catalog, check_model, check_params, model_id, price
 from .config import DEFAULT_BASE_URL, DEFAULT_KEY_ENV, Config, load
-from .errors import LockError, PipelineError, RunStopped
-from .models import Catalog, CatalogUnavailable, check_model, check_params, model_id, price
+from .errors import CatalogUnavailable, LockError, PipelineError, RunStopped
 from .plan import make_plan
 from .progress import Progress
 from .runner import api_key, run

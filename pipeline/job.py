@@ -17,12 +17,12 @@ import polars as pl
 
 from .answers import answer_columns, is_valid
 from .config import Config
-from .errors import OutputError
+from .errors import OutputError, RowError
 from .memo import Memo
 from .parse import Parser
 from .progress import Progress
 from .records import FAILED, OK, PENDING, SKIPPED, Request, Result
-from .render import Renderer, RowError, reask_key
+from .render import Renderer, reask_key
 from .sender import Sender
 from .store import Store, Writer
 from .summary import Summary

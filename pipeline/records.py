@@ -1,4 +1,4 @@
-"""Small frozen records that the stages hand to each other."""
+"""Small records that the stages hand to each other (plain slotted dataclasses: cheap to build)."""
 
 from __future__ import annotations
 

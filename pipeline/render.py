@@ -18,17 +18,13 @@ import jinja2
 import jinja2.meta
 
 from .config import ModelConfig, OutputConfig, PromptConfig
-from .errors import InputError
+from .errors import InputError, RowError
 from .parse import response_format
 from .records import Request
 
 KEY_VERSION = "r1"
 DEFAULT_RESERVE = 256  # completion tokens reserved when params set no max_tokens
 IMAGE_TOKENS = 1000  # a rough per-image budget for the token estimate
-
-
-class RowError(Exception):
-    """This row cannot be rendered (a missing image file); recorded on the row."""
 
 
 class Labels(list[str]):

@@ -24,12 +24,12 @@ import httpx
 import polars as pl
 
 from .answers import output_columns
+from .catalog import Price, check_model, price
 from .client import ChatClient
 from .config import Config
 from .errors import ConfigError, InputError
 from .job import Chunk, Job
 from .limiter import Limiter
-from .models import Price, check_model, price
 from .parse import Parser
 from .progress import Progress
 from .render import Renderer
@@ -60,21 +60,21 @@ def config_hash(config: Config) -> str:
 
 
 @dataclass
-class Plan:
+class OpenedInput:
     """The input and the renderer, checked against each other before anything is sent."""
 
     source: Source
     renderer: Renderer
 
 
-def open_input(config: Config, limit: int | None = None) -> Plan:
+def open_input(config: Config, limit: int | None = None) -> OpenedInput:
     """Read the input's schema and check the template and output columns against it."""
     source = Source(config.input.path, limit)
     renderer = Renderer(
         config.prompt, config.model, source.columns, config.output, config.input.path.parent
     )
     check_new_columns(config, source.columns)
-    return Plan(source, renderer)
+    return OpenedInput(source, renderer)
 
 
 def check_new_columns(config: Config, columns: list[str]) -> None:

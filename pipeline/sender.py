@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from .catalog import Price
 from .client import ChatClient, Completion
 from .config import Config
 from .errors import AuthError, FatalRequestError, RateLimited, RetryableError
 from .limiter import Limiter
-from .models import Price
-from .ratelimit import RateHeaders, rate_headers
+from .ratelimit import rate_headers
 from .records import FAILED, OK, PENDING, Request, Result
 
 log = logging.getLogger(__name__)
@@ -123,8 +123,7 @@ class Sender:
         try:
             completion = await self._client.complete(request.payload)
         except RateLimited as exc:
-            rate = exc.rate if isinstance(exc.rate, RateHeaders) else None
-            self._limiter.rate_limited_by_server(exc.retry_after, sent_at=sent_at, rate=rate)
+            self._limiter.rate_limited_by_server(exc.retry_after, sent_at=sent_at, rate=exc.rate)
             raise
         used = completion.prompt_tokens + completion.completion_tokens
         self._limiter.settle(request.est_tokens, used)

@@ -16,13 +16,9 @@ import httpx
 
 from .client import error_detail
 from .config import ModelConfig
-from .errors import RunStopped
+from .errors import CatalogUnavailable, RunStopped
 
 log = logging.getLogger(__name__)
-
-
-class CatalogUnavailable(Exception):
-    """The endpoint did not answer the catalog request usefully."""
 
 
 @dataclass(frozen=True, slots=True)
