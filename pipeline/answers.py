@@ -1,7 +1,8 @@
 """Answer columns: per-row `Result`s -> the parsed answer column(s) and the meta columns.
 
 Rows whose answer does not parse get status `invalid`, a null answer and the reason in
-`_error`; the raw answer stays in the store.
+`_error`; the raw answer stays in the store. The parser never raises and gives values of
+its columns' types, so building the columns cannot fail on what a model answered.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import polars as pl
 
 from .parse import Parser
 from .records import INVALID, OK, Result
-from .summary import Summary
 
 META_COLUMNS: dict[str, pl.DataType] = {
     "_status": pl.String(),
@@ -34,12 +34,12 @@ def answer_columns(
     parser: Parser,
     *,
     include_meta: bool,
-    summary: Summary,
-) -> pl.DataFrame:
-    """`frame` with the answer column(s) (and meta columns) added, counted into `summary`."""
+) -> tuple[pl.DataFrame, dict[str, int]]:
+    """`frame` with the answer column(s) (and meta columns) added, and its rows by status."""
     values: list[list[Any]] = [[] for _ in parser.columns]
     meta: dict[str, list[Any]] = {name: [] for name in META_COLUMNS}
     empty = (None,) * len(parser.columns)
+    counts: dict[str, int] = {}
     for result in results:
         status, error, parsed = result.status, result.error, empty
         if status == OK:
@@ -55,16 +55,11 @@ def answer_columns(
         meta["_prompt_tokens"].append(result.prompt_tokens)
         meta["_completion_tokens"].append(result.completion_tokens)
         meta["_attempts"].append(result.attempts)
-        summary.count(status)
+        counts[status] = counts.get(status, 0) + 1
     columns = [
         pl.Series(name, column, dtype=dtype)
         for (name, dtype), column in zip(parser.columns.items(), values, strict=True)
     ]
     if include_meta:
         columns += [pl.Series(n, meta[n], dtype=dtype) for n, dtype in META_COLUMNS.items()]
-    return frame.with_columns(columns)
-
-
-def is_valid(parser: Parser, result: Result) -> bool:
-    """Whether an answered result parses under the current settings."""
-    return result.status == OK and parser.parse(result.answer or "").values is not None
+    return frame.with_columns(columns), counts

@@ -12,16 +12,18 @@ import httpx
 import polars as pl
 from pydantic import ValidationError
 
+from .checks import check_new_columns
 from .config import DEFAULT_MODEL, Config
 from .errors import ConfigError
 from .render import Renderer
-from .runner import check_new_columns, execute
+from .runner import execute, log_run
+from .summary import Summary
 
 T = TypeVar("T")
 
 DEFAULT_STORE = Path(".pipeline") / "map_rows.db"
 _SECTIONS = {
-    "prompt": ("system", "skip_null", "images"),
+    "prompt": ("system", "skip_null", "images", "image_roots", "image_max_mb"),
     "model": ("base_url", "api_key_env", "params", "structured_output", "pricing", "preflight"),
     "output": ("include_meta", "parse", "labels", "schema", "retry_invalid"),
     "run": (
@@ -79,7 +81,19 @@ async def amap_rows(
     parts: list[pl.DataFrame] = []
     size = config.run.chunk_rows
     frames = (df.slice(start, size) for start in range(0, max(df.height, 1), size))
-    await execute(config, renderer, frames, parts.append, total=df.height, transport=transport)
+    summary = Summary(output="<frame>", fail_threshold=config.run.fail_threshold)
+    try:
+        await execute(
+            config,
+            renderer,
+            frames,
+            parts.append,
+            summary=summary,
+            total=df.height,
+            transport=transport,
+        )
+    finally:
+        log_run(summary, config, "map_rows")
     return pl.concat(parts) if parts else df
 
 

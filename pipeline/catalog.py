@@ -64,7 +64,9 @@ class Catalog:
             return None
         if response.status_code != 200:
             detail = error_detail(response.status_code, response.text)
-            raise CatalogUnavailable(f"HTTP {response.status_code}: {detail}")
+            raise CatalogUnavailable(
+                f"HTTP {response.status_code}: {detail}", status=response.status_code
+            )
         try:
             return response.json()
         except ValueError:
@@ -109,6 +111,8 @@ def preflight(catalog: Catalog, name: str) -> Preflight:
             return Preflight(model=found)
         listed = catalog.list()
     except CatalogUnavailable as exc:
+        if exc.status in (401, 403):
+            raise  # the key: every chat request would be refused too
         return Preflight(note=f"could not check model '{name}' ({exc}); going on")
     if listed is None:
         return Preflight(note="the endpoint serves no model list; model check skipped")
@@ -127,11 +131,23 @@ def check_model(model: ModelConfig, api_key: str | None) -> Preflight:
     catalog = Catalog(model.base_url, api_key)
     try:
         checked = preflight(catalog, model.name)
+    except CatalogUnavailable as exc:
+        raise RunStopped(key_advice(model, api_key is not None, str(exc))) from None
     finally:
         catalog.close()
     if checked.error:
         raise RunStopped(checked.error)
     return checked
+
+
+def key_advice(model: ModelConfig, key_set: bool, answer: str) -> str:
+    """What to do when the endpoint refuses the key (401/403)."""
+    if not key_set:
+        return (
+            f"the endpoint refused the request ({answer}) and the variable "
+            f"{model.api_key_env} is not set: put your API key there (model.api_key_env)"
+        )
+    return f"the endpoint rejected the API key ({answer}): check the variable {model.api_key_env}"
 
 
 def price(model: ModelConfig, found: dict[str, Any] | None) -> Price | None:

@@ -4,32 +4,71 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import logging
 import os
 import sys
+import tempfile
+import time
+import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .catalog import Catalog, check_model, check_params, model_id, price
+from .checks import api_key, check_output, check_writable_folder
 from .config import DEFAULT_BASE_URL, DEFAULT_KEY_ENV, Config, load
-from .errors import CatalogUnavailable, LockError, PipelineError, RunStopped
+from .errors import CatalogUnavailable, InputError, LockError, PipelineError, RunStopped
 from .plan import make_plan
 from .progress import Progress
-from .runner import api_key, run
-from .summary import EXIT_LOCKED, EXIT_OK, EXIT_STOPPED, EXIT_USAGE, summary_path
+from .runner import run
+from .summary import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_LOCKED,
+    EXIT_OK,
+    EXIT_PART_WAY,
+    EXIT_STOPPED,
+    EXIT_USAGE,
+    summary_path,
+)
 
 EPILOG = """exit codes:
-  0  every row answered (or skipped), or failures within run.fail_threshold
-  1  some rows failed or gave invalid answers (rerun to retry them)
-  2  config, input or output error: nothing was sent
-  3  stopped early (key or model rejected, budget reached); answered rows are kept
-  4  another run is using the same store
+  0    every row answered (or skipped), or failures within run.fail_threshold
+  1    some rows failed or gave invalid answers (rerun, or re-ask with output.retry_invalid)
+  2    config, input, output or store problem, found before anything was sent
+  3    stopped early (key or model rejected, budget reached, endpoint down); answers are kept
+  4    another run is using the same store
+  5    stopped part-way by an input, output or store error after sending; answers are kept
+  6    internal error (a bug): one line here, the traceback in the file it names
+  130  interrupted (Ctrl-C); answers are kept, rerun to resume
+"""
+
+CHECK_EPILOG = """exit codes:
+  0    no problem found
+  2    config, input, output or store problem
+  3    the endpoint rejected the key or does not serve the model
+  4    another run is using the same store
+  6    internal error (a bug)
+  130  interrupted (Ctrl-C)
 """
 
 Handler = Callable[[argparse.Namespace], int]
+LIMIT_HELP = "only the first N rows, written beside the output as NAME.first-N.EXT"
+
+
+def _count(text: str) -> int:
+    """A whole number of rows or requests, 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,12 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pipeline {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, help: str, handler: Handler) -> argparse.ArgumentParser:
+    def command(
+        name: str, help: str, handler: Handler, epilog: str = CHECK_EPILOG
+    ) -> argparse.ArgumentParser:
         sub = commands.add_parser(
             name,
             help=help,
             description=help,
-            epilog=EPILOG,
+            epilog=epilog,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         sub.set_defaults(handler=handler)
@@ -63,27 +104,28 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("-v", "--verbose", action="store_true", help="log debug details")
         return sub
 
-    sub = command("run", "send one request per row and write the output", cmd_run)
-    sub.add_argument("--limit", type=int, metavar="N", help="only the first N rows")
+    sub = command("run", "send one request per row and write the output", cmd_run, EPILOG)
+    sub.add_argument("--limit", type=_count, metavar="N", help=LIMIT_HELP)
     sub.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
     sub = command(
         "preview", "render the first requests, estimate tokens and cost; send nothing", cmd_preview
     )
-    sub.add_argument("-n", type=int, default=3, metavar="N", help="requests to show (default 3)")
-    sub.add_argument("--limit", type=int, metavar="N", help="only the first N rows")
+    sub.add_argument("-n", type=_count, default=3, metavar="N", help="requests to show (default 3)")
+    sub.add_argument("--limit", type=_count, metavar="N", help="only the first N rows")
     command(
         "validate",
         "check config, input, template, model and params; send no chat request",
         cmd_validate,
     )
     sub = command("status", "count done, failed and pending rows from the store", cmd_status)
-    sub.add_argument("--limit", type=int, metavar="N", help="only the first N rows")
+    sub.add_argument("--limit", type=_count, metavar="N", help="only the first N rows")
     sub = command(
         "reparse",
         "rewrite the output from the store with the current parse settings; send nothing",
         cmd_reparse,
+        EPILOG,
     )
-    sub.add_argument("--limit", type=int, metavar="N", help="only the first N rows")
+    sub.add_argument("--limit", type=_count, metavar="N", help=LIMIT_HELP)
 
     models = commands.add_parser("models", help="list or show the models an endpoint serves")
     which = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
@@ -143,7 +185,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted: answers so far are in the store; rerun to resume", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug: one line here, the traceback in a file
+        path = _write_traceback(args)
+        where = f"the traceback is in {path}" if path else "run with -v for the traceback"
+        print(
+            f"internal error (a bug in pipeline): {type(exc).__name__}: {exc}; {where}",
+            file=sys.stderr,
+        )
+        if args.verbose:
+            traceback.print_exc(file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def _write_traceback(args: argparse.Namespace) -> Path | None:
+    """The current exception's traceback in a file beside the store (else the temp folder)."""
+    folder = Path(tempfile.gettempdir())
+    with contextlib.suppress(Exception):
+        folder = load(args.config, args.overrides).store_path.parent
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    path = folder / f"pipeline-error-{stamp}-{os.getpid()}.log"
+    try:
+        path.write_text(traceback.format_exc(), encoding="utf-8")
+    except OSError:
+        return None
+    return path
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -154,19 +220,49 @@ def _report_run(config: Config, offline: bool, args: argparse.Namespace) -> int:
     progress = Progress(enabled=not getattr(args, "no_progress", False))
     summary = asyncio.run(run(config, limit=args.limit, progress=progress, offline=offline))
     print(summary.to_json())
+    store = config.store_path
+    output = Path(summary.output)
+    code = summary.exit_code
+    if code == EXIT_PART_WAY:
+        print(
+            f"stopped part-way: {summary.error}; {summary.requests_sent} requests were sent "
+            f"and every answer received is kept in the store {store}; the output was not "
+            "written; fix the problem and rerun to resume",
+            file=sys.stderr,
+        )
+        return code
+    if summary.error:
+        print(f"error: {summary.error}", file=sys.stderr)
+        return code
     if summary.stopped:
         print(f"stopped early: {summary.stopped}", file=sys.stderr)
-    elif summary.failed or summary.invalid:
+    where = "the output's _error column" if config.output.include_meta else "the store"
+    if summary.failed:
         print(
-            f"{summary.failed} rows failed, {summary.invalid} answers invalid; the errors are "
-            f"in the output's _error column and the store {config.store_path}; "
-            "rerun to retry failed rows",
+            f"{summary.failed} rows failed; the errors are in {where} ({store}); "
+            "rerun to retry them",
+            file=sys.stderr,
+        )
+    if summary.invalid:
+        advice = (
+            "raise output.retry_invalid to ask again"
+            if not config.output.retry_invalid
+            else "change the prompt or the parse settings (then `pipeline reparse`)"
+        )
+        print(
+            f"{summary.invalid} answers did not parse; the reasons are in {where}; {advice}",
             file=sys.stderr,
         )
     if summary.pending and offline:
         print(f"{summary.pending} rows have no answer in the store yet", file=sys.stderr)
-    print(f"wrote {config.output.path} and {summary_path(config.output.path)}", file=sys.stderr)
-    return summary.exit_code
+    if args.limit is not None:
+        print(
+            f"--limit {args.limit}: wrote {summary.rows} rows to {output}; "
+            f"{config.output.path} is left as it was",
+            file=sys.stderr,
+        )
+    print(f"wrote {output} and {summary_path(output)}", file=sys.stderr)
+    return code
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -223,12 +319,25 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     config = _config(args)
-    plan = make_plan(config, show=0)
+    plan = make_plan(config, show=0)  # opens the store: a damaged or read-only one is named
+    check_output(config.output.path)
+    if not config.store_path.exists():
+        check_writable_folder(config.store_path.parent, "run.store")
+    key = api_key(config)
+    if plan.row_errors and plan.row_errors == plan.rows:
+        raise InputError(
+            f"the prompt fails on every row ({plan.rows} of {plan.rows}); {plan.first_error}"
+        )
     print(
         f"ok: {plan.rows} rows, {plan.unique_requests} unique requests, "
         f"{plan.skipped} skipped; output {config.output.path}, store {config.store_path}"
     )
-    checked = check_model(config.model, api_key_or_none(config))
+    if plan.row_errors:
+        print(
+            f"warning: the prompt fails on {plan.row_errors} of {plan.rows} rows, which a run "
+            f"records as failed; first, {plan.first_error}"
+        )
+    checked = check_model(config.model, key)
     if checked.note:
         print(f"model: {checked.note}")
     if checked.model is not None:

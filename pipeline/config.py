@@ -38,6 +38,8 @@ class PromptConfig(_Strict):
     template: str
     skip_null: list[str] = Field(default_factory=list)
     images: list[str] = Field(default_factory=list)
+    image_roots: list[Path] = Field(default_factory=list)  # besides the input file's folder
+    image_max_mb: float = Field(default=20, gt=0)
 
 
 class Pricing(_Strict):
@@ -94,6 +96,7 @@ class RunConfig(_Strict):
     tokens_per_minute: float | None = Field(default=None, gt=0)
     max_retries: int = Field(default=5, ge=0, le=100)
     timeout_s: float = Field(default=60, gt=0)
+    max_outage_s: float = Field(default=60, gt=0)  # endpoint down this long: stop
     store: Path | None = None
     chunk_rows: int = Field(default=20_000, ge=1)
     max_cost_usd: float | None = Field(default=None, gt=0)
@@ -231,4 +234,7 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     }
     if config.run.store is not None:
         updates["run"] = config.run.model_copy(update={"store": resolve(config.run.store)})
+    if config.prompt.image_roots:
+        roots = [resolve(root) for root in config.prompt.image_roots]
+        updates["prompt"] = config.prompt.model_copy(update={"image_roots": roots})
     return config.model_copy(update=updates)

@@ -58,7 +58,11 @@ class StoppedPartWay(PipelineError):
 
 
 class CatalogUnavailable(PipelineError):
-    """The endpoint did not answer the catalog request usefully."""
+    """The endpoint did not answer the catalog request usefully; `status` if it answered."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class RowError(PipelineError):

@@ -26,7 +26,8 @@ class Plan:
 
     rows: int = 0
     skipped: int = 0
-    row_errors: int = 0
+    row_errors: int = 0  # rows the template (or an image) fails on
+    first_error: str | None = None  # the first of them: "row N: error"
     unique_requests: int = 0
     done: int = 0
     failed: int = 0
@@ -60,6 +61,9 @@ def make_plan(
             if memo is not None and _count_memoised(memo, frame, plan):
                 continue
             requests, errors = render_rows(opened.renderer, frame)
+            if errors and plan.first_error is None:
+                index = min(errors)
+                plan.first_error = f"row {plan.rows + index + 1}: {errors[index]}"
             plan.rows += len(requests)
             plan.row_errors += len(errors)
             plan.skipped += requests.count(None) - len(errors)

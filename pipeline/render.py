@@ -6,10 +6,8 @@ identical request is sent once and a changed template or parameter asks anew.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
-import mimetypes
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,8 @@ import jinja2
 import jinja2.meta
 
 from .config import ModelConfig, OutputConfig, PromptConfig
-from .errors import InputError, RowError
+from .errors import InputError
+from .images import MIB, ImageReader
 from .parse import response_format
 from .records import Request
 
@@ -94,20 +93,6 @@ def completion_reserve(params: Mapping[str, Any]) -> int:
 def estimate_tokens(text_chars: int, params: Mapping[str, Any]) -> int:
     """Prompt tokens guessed at 4 characters each, plus the completion budget."""
     return text_chars // 4 + 1 + completion_reserve(params)
-
-
-def image_url(value: str, base: Path) -> str:
-    """An http(s) or data URL as is; a local file as a base64 `data:` URL."""
-    if value.startswith(("http://", "https://", "data:")):
-        return value
-    path = Path(value).expanduser()
-    path = path if path.is_absolute() else base / path
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise RowError(f"image file {path} cannot be read: {exc.strerror or exc}") from None
-    mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
 Part = tuple[bool, str]  # (is a variable, literal text or variable name)
@@ -192,7 +177,11 @@ class Renderer:
         self.skip_null = list(prompt.skip_null)
         self.images = list(prompt.images)
         self.columns = list(dict.fromkeys([*self.variables, *self.skip_null, *self.images]))
-        self._image_base = image_base
+        self._reader = (
+            ImageReader(image_base, prompt.image_roots, int(prompt.image_max_mb * MIB))
+            if self.images
+            else None
+        )
         self._model = model.name
         self._params = dict(model.params)
         if output is not None:
@@ -217,7 +206,9 @@ class Renderer:
             system = self._system_text or self._system.render(values)
         text = self._template.render(values)
         chars = len(text) + (len(system) if system is not None else 0)
-        urls = [image_url(str(row[n]), self._image_base) for n in self.images if row.get(n)]
+        urls: list[str] = []
+        if self._reader is not None:
+            urls = [self._reader.url(str(row[n])) for n in self.images if row.get(n)]
         if urls:
             messages: list[dict[str, Any]] = []
             if system is not None:

@@ -2,9 +2,10 @@
 
     config -> source -> render -> store lookup -> limiter/client/retries -> store -> parse -> sink
 
-`run` checks the model, reads chunks, keeps the next chunk's requests flowing while the
-previous chunk's last answers arrive, and writes chunks in input order. `reparse` does the
-same from the store alone and sends nothing.
+`run` checks what it can before spending, checks the model, reads chunks, keeps the next
+chunk's requests flowing while the previous chunk's last answers arrive, and writes chunks
+in input order. `reparse` does the same from the store alone and sends nothing. Whatever
+ends a run, its summary says what was sent and kept, and the run log gets a line.
 """
 
 from __future__ import annotations
@@ -13,45 +14,38 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from pathlib import Path
 
 import httpx
 import polars as pl
 
-from .answers import output_columns
 from .catalog import Price, check_model, price
+from .checks import api_key, check_new_columns, check_output
 from .client import ChatClient
 from .config import Config
-from .errors import ConfigError, InputError
+from .errors import ConfigError, PipelineError
 from .job import Chunk, Job
 from .limiter import Limiter
-from .parse import Parser
 from .progress import Progress
 from .render import Renderer
 from .sender import Sender
 from .sink import Sink
 from .source import Source
 from .store import Lock, Store
-from .summary import Summary, append_run_log, write_summary
+from .summary import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_LOCKED,
+    Summary,
+    append_run_log,
+    write_summary,
+)
 
 log = logging.getLogger(__name__)
-
-
-def api_key(config: Config) -> str | None:
-    """The key from `model.api_key_env`; required unless the endpoint is on this machine."""
-    key = os.environ.get(config.model.api_key_env) or None
-    host = urlsplit(config.model.base_url).hostname or ""
-    if key is None and host not in ("127.0.0.1", "localhost", "::1"):
-        raise ConfigError(
-            f"environment variable {config.model.api_key_env} is not set; put your API key "
-            f"for {config.model.base_url} there (config key model.api_key_env)"
-        )
-    return key
 
 
 def config_hash(config: Config) -> str:
@@ -75,17 +69,6 @@ def open_input(config: Config, limit: int | None = None) -> OpenedInput:
     )
     check_new_columns(config, source.columns)
     return OpenedInput(source, renderer)
-
-
-def check_new_columns(config: Config, columns: list[str]) -> None:
-    """The answer (and meta) columns must not overwrite an input column."""
-    new = output_columns(Parser(config.output), config.output.include_meta)
-    clash = [name for name in new if name in columns]
-    if clash:
-        key = "output.schema" if config.output.parse == "json" else "output.column"
-        raise InputError(
-            f"output column '{clash[0]}' already exists in the input; rename it in {key}"
-        )
 
 
 def model_price(config: Config, key: str | None) -> Price | None:
@@ -115,28 +98,72 @@ async def run(
 ) -> Summary:
     """Answer every row of the input and write the output; the summary says what happened.
 
-    With `offline`, nothing is sent: rows come from the store or are marked pending.
+    With `offline`, nothing is sent: rows come from the store or are marked pending. A
+    pipeline error does not raise: it ends the run and sets the summary's error and exit
+    code. Whatever ends the run, the summary is written beside the output (when the output
+    is not another run's) and a line is appended to the run log.
     """
-    plan = open_input(config, limit)
-    sink = Sink(config.output.path)
+    output = limit_path(config.output.path, limit)
+    summary = Summary(output=str(output), fail_threshold=config.run.fail_threshold)
+    started = time.monotonic()
+    sink: Sink | None = None
     try:
-        summary = await execute(
+        opened = open_input(config, limit)
+        check_output(output)
+        sink = Sink(output)
+        await execute(
             config,
-            plan.renderer,
-            plan.source.chunks(config.run.chunk_rows),
+            opened.renderer,
+            opened.source.chunks(config.run.chunk_rows),
             sink.write,
-            total=plan.source.count(),
+            summary=summary,
+            total=opened.source.count(),
             progress=progress,
             transport=transport,
             offline=offline,
             prune_memo=limit is None,
         )
         sink.commit()
-    except BaseException:
-        sink.abort()
+        sink = None
+    except PipelineError as exc:
+        summary.fail(exc)
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        summary.error, summary.exit = "interrupted", EXIT_INTERRUPTED
         raise
-    write_summary(summary, config.output.path)
+    except Exception as exc:
+        summary.error = f"internal error: {type(exc).__name__}: {exc}"
+        summary.exit = EXIT_INTERNAL
+        raise
+    finally:
+        if sink is not None:
+            sink.abort()
+        summary.seconds = time.monotonic() - started
+        record(summary, config, "reparse" if offline else "run")
     return summary
+
+
+def limit_path(output: Path, limit: int | None) -> Path:
+    """Where a run writes: with `--limit N`, beside the output, which stays whole."""
+    if limit is None:
+        return output
+    return output.with_name(f"{output.stem}.first-{limit}{output.suffix}")
+
+
+def record(summary: Summary, config: Config, command: str) -> None:
+    """Write the summary beside the output and a line in the run log, as far as possible."""
+    if summary.exit != EXIT_LOCKED:  # the output is the other run's
+        with contextlib.suppress(OSError):
+            write_summary(summary, Path(summary.output))
+    log_run(summary, config, command)
+
+
+def log_run(summary: Summary, config: Config, command: str) -> None:
+    """Append the run's line to the run log beside the store, if the store's folder exists."""
+    if config.store_path.parent.is_dir():
+        try:
+            append_run_log(summary, config.store_path, config_hash(config), command)
+        except OSError as exc:
+            log.warning("cannot append to the run log beside %s: %s", config.store_path, exc)
 
 
 async def execute(
@@ -145,65 +172,65 @@ async def execute(
     frames: Iterable[pl.DataFrame],
     write: Callable[[pl.DataFrame], None],
     *,
+    summary: Summary,
     total: int | None = None,
     progress: Progress | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     offline: bool = False,
     prune_memo: bool = False,
-) -> Summary:
+) -> None:
     """The engine: frames in, answered frames to `write`, in order, under the store's lock.
 
+    `summary` counts what happened, also when an error ends the run part-way.
     `prune_memo`: `frames` are the whole input, so memoised chunks not seen are stale.
     """
-    started = time.monotonic()
     progress = progress or Progress(enabled=False)
     key = None if offline else api_key(config)
-    found_price = price(config.model, None)
-    if not offline:
-        found_price = await asyncio.to_thread(model_price, config, key)
     with Lock(config.store_path):
         store = Store(config.store_path)
-        limiter = Limiter(config.run.requests_per_minute, config.run.tokens_per_minute)
-        client = None
-        if not offline:
-            client = ChatClient(
-                config.model.base_url,
-                key,
-                timeout_s=config.run.timeout_s,
-                concurrency=config.run.concurrency,
-                transport=transport,
-            )
-        sender = Sender(config, client, limiter, found_price)
-        job = Job(config, store, sender, renderer, progress=progress, offline=offline)
         try:
-            async with contextlib.AsyncExitStack() as stack:
-                if client is not None:
-                    await stack.enter_async_context(client)
-                progress.start(total, job.stats)
-                stack.callback(progress.close)
-                job.start()
-                stack.push_async_callback(job.close)
-                await _stream(job, frames, write)
-                if prune_memo and job.sender.stop_reason is None:
-                    job.memo.prune()
+            found_price = price(config.model, None)
+            if not offline:
+                found_price = await asyncio.to_thread(model_price, config, key)
+            limiter = Limiter(config.run.requests_per_minute, config.run.tokens_per_minute)
+            client = None
+            if not offline:
+                client = ChatClient(
+                    config.model.base_url,
+                    key,
+                    timeout_s=config.run.timeout_s,
+                    concurrency=config.run.concurrency,
+                    transport=transport,
+                )
+            sender = Sender(config, client, limiter, found_price)
+            job = Job(
+                config, store, sender, renderer, summary=summary, progress=progress, offline=offline
+            )
+            try:
+                async with contextlib.AsyncExitStack() as stack:
+                    if client is not None:
+                        await stack.enter_async_context(client)
+                    progress.start(total, job.stats)
+                    stack.callback(progress.close)
+                    job.start()
+                    stack.push_async_callback(job.close)
+                    await _stream(job, frames, write)
+                    if prune_memo and job.sender.stop_reason is None:
+                        job.memo.prune()
+            finally:
+                _count_spending(summary, sender)
         finally:
             store.close()
-        summary = _finish(job, started)
-        command = "reparse" if offline else "run"
-        append_run_log(summary, config.store_path, config_hash(config), command)
-    return summary
 
 
-def _finish(job: Job, started: float) -> Summary:
-    summary, counters = job.summary, job.sender.counters
+def _count_spending(summary: Summary, sender: Sender) -> None:
+    counters = sender.counters
     summary.requests_sent = counters.requests_sent
     summary.retries = counters.retries
     summary.prompt_tokens = counters.prompt_tokens
     summary.completion_tokens = counters.completion_tokens
-    summary.cost_usd = counters.cost_usd if job.sender.price is not None else None
-    summary.stopped = job.sender.stop_reason
-    summary.seconds = time.monotonic() - started
-    return summary
+    summary.cost_usd = counters.cost_usd if sender.price is not None else None
+    summary.stopped = sender.stop_reason
 
 
 async def _stream(

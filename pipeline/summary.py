@@ -13,9 +13,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .errors import LockError, PipelineError, RunStopped
 from .records import FAILED, INVALID, OK, SKIPPED
 
-EXIT_OK, EXIT_FAILED_ROWS, EXIT_USAGE, EXIT_STOPPED, EXIT_LOCKED = 0, 1, 2, 3, 4
+EXIT_OK = 0  # every row answered or skipped, or failures within run.fail_threshold
+EXIT_FAILED_ROWS = 1  # rows failed or gave invalid answers: a rerun retries them
+EXIT_USAGE = 2  # config, input, output or store problem, found before anything was sent
+EXIT_STOPPED = 3  # stopped sending early: key or model rejected, budget, endpoint down
+EXIT_LOCKED = 4  # another run holds the store
+EXIT_PART_WAY = 5  # an input, output or store error after sending began; answers are kept
+EXIT_INTERNAL = 6  # a bug: one line on stderr, the traceback in a file
+EXIT_INTERRUPTED = 130  # Ctrl-C
 
 
 @dataclass
@@ -36,8 +44,10 @@ class Summary:
     cost_usd: float | None = None
     seconds: float = 0.0
     stopped: str | None = None
+    error: str | None = None
     output: str = ""
     fail_threshold: float = 0.0
+    exit: int | None = None  # set when something other than the rows decides the exit code
 
     def count(self, status: str) -> None:
         self.count_many(status, 1)
@@ -55,9 +65,22 @@ class Summary:
         else:
             self.pending += rows
 
+    def fail(self, exc: PipelineError) -> None:
+        """Record the error that ended the run and the exit code it means."""
+        if isinstance(exc, RunStopped):
+            self.stopped, self.exit = str(exc), EXIT_STOPPED
+        elif isinstance(exc, LockError):
+            self.error, self.exit = str(exc), EXIT_LOCKED
+        elif self.requests_sent:
+            self.error, self.exit = str(exc), EXIT_PART_WAY
+        else:
+            self.error, self.exit = str(exc), EXIT_USAGE
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("fail_threshold")
+        data.pop("exit")
+        data["exit_code"] = self.exit_code
         data["seconds"] = round(self.seconds, 3)
         if self.cost_usd is not None:
             data["cost_usd"] = round(self.cost_usd, 10)
@@ -69,6 +92,8 @@ class Summary:
     @property
     def exit_code(self) -> int:
         """0 all settled, 1 more rows failed than `run.fail_threshold` allows, 3 stopped."""
+        if self.exit is not None:
+            return self.exit
         if self.stopped:
             return EXIT_STOPPED
         bad = self.failed + self.invalid
@@ -102,7 +127,6 @@ def append_run_log(summary: Summary, store: Path, config_hash: str, command: str
     started = datetime.now(UTC).isoformat(timespec="seconds")
     line: dict[str, Any] = {"date": started, "command": command, "config_hash": config_hash}
     line.update(summary.to_dict())
-    line["exit_code"] = summary.exit_code
     with path.open("a", encoding="utf-8") as log:
         log.write(json.dumps(line) + "\n")
         log.flush()

@@ -38,8 +38,9 @@ def test_a_full_disk_keeps_the_previous_output_and_the_store(tmp_path: Path) -> 
         config = write_config(
             tmp_path, server.base_url, output={"path": "out/answers.csv"}, run={"chunk_rows": 500}
         )
-        assert run_cli("run", str(config), "--limit", "10").code == 0
-        before = (tmp_path / "out/answers.csv").read_bytes()
+        (tmp_path / "out").mkdir()
+        before = b"the previous output\n"
+        (tmp_path / "out/answers.csv").write_bytes(before)
         done = subprocess.run(
             [sys.executable, "-m", "pipeline", "run", str(config), "--no-progress"],
             capture_output=True,
@@ -49,9 +50,10 @@ def test_a_full_disk_keeps_the_previous_output_and_the_store(tmp_path: Path) -> 
             preexec_fn=_small_files,
             check=False,
         )
-        assert done.returncode == 2, done.stderr
+        assert done.returncode == 5, done.stderr  # stopped part-way, after sending
         assert "Traceback" not in done.stderr and "never retrieved" not in done.stderr
         assert "cannot write" in done.stderr  # the store or the output, whichever fills first
+        assert "stopped part-way" in done.stderr and "kept in the store" in done.stderr
         assert (tmp_path / "out/answers.csv").read_bytes() == before
         assert not list((tmp_path / "out").glob(".*.tmp"))
 

@@ -215,9 +215,14 @@ def test_formats_nulls_skip_and_limit(tmp_path: Path, server: FakeServer):
         prompt={"template": "[{{ text }}]"},
         output={"path": "out/answers.csv", "include_meta": False},
     )
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out/answers.csv").write_text("a complete output\n")
     ran = run_cli("run", str(config), "--limit", "3")
     assert ran.code == 0, ran.stderr
-    out = pl.read_csv(tmp_path / "out/answers.csv")
+    assert "out/answers.first-3.csv" in ran.stderr and "left as it was" in ran.stderr
+    assert (tmp_path / "out/answers.csv").read_text() == "a complete output\n"
+    assert ran.summary["output"].endswith("answers.first-3.csv")
+    out = pl.read_csv(tmp_path / "out/answers.first-3.csv")
     assert out.to_dicts() == [
         {"n": 1, "text": "a", "answer": "label-[a]."},
         {"n": 2, "text": None, "answer": "label-[]."},

@@ -33,7 +33,7 @@ def test_every_command_and_option_is_in_the_readme() -> None:
 
 
 def test_every_exit_code_is_in_the_readme_table() -> None:
-    for code, meaning in re.findall(r"^  (\d)  (.+)$", EPILOG, flags=re.MULTILINE):
+    for code, meaning in re.findall(r"^  (\d+) +(.+)$", EPILOG, flags=re.MULTILINE):
         assert re.search(rf"^\| {code} \|", README, flags=re.MULTILINE), (code, meaning)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.config import ModelConfig, PromptConfig
-from pipeline.errors import InputError
+from pipeline.errors import InputError, RowError
 from pipeline.render import DEFAULT_RESERVE, Renderer, estimate_tokens, request_key
 
 HYPOTHESIS = settings(max_examples=60, deadline=None, database=None)
@@ -152,6 +153,49 @@ def test_loop_variables_and_filters_are_not_taken_for_columns() -> None:
     request = r.render({"text": "a b"})
     assert request is not None
     assert request.body["messages"][0]["content"] == "[A][B]"
+
+
+# --- images ------------------------------------------------------------------------------
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def image_renderer(base: Path, **prompt: Any) -> Renderer:
+    config = PromptConfig(template="{{ text }}", images=["img"], **prompt)
+    return Renderer(config, ModelConfig(name="m"), ("text", "img"), image_base=base)
+
+
+def test_images_are_read_under_the_input_folder_and_the_configured_roots(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "pics").mkdir()
+    (tmp_path / "in/a.png").write_bytes(PNG)
+    (tmp_path / "pics/b.png").write_bytes(PNG)
+    narrow = image_renderer(tmp_path / "in")
+    wide = image_renderer(tmp_path / "in", image_roots=[tmp_path / "pics"])
+
+    assert narrow.render({"text": "x", "img": "a.png"}) is not None
+    with pytest.raises(RowError, match="outside the allowed folders"):
+        narrow.render({"text": "x", "img": "../pics/b.png"})
+    request = wide.render({"text": "x", "img": "../pics/b.png"})
+    assert request is not None
+    assert request.body["messages"][0]["content"][1]["image_url"]["url"].startswith(
+        "data:image/png;base64,"
+    )
+
+
+def test_the_image_size_cap_comes_from_the_prompt_config(tmp_path: Path) -> None:
+    (tmp_path / "big.png").write_bytes(PNG + b"\0" * 2_000_000)
+
+    assert image_renderer(tmp_path, image_max_mb=3).render({"text": "x", "img": "big.png"})
+    with pytest.raises(RowError, match="too big"):
+        image_renderer(tmp_path, image_max_mb=1).render({"text": "x", "img": "big.png"})
+
+
+def test_a_null_image_cell_sends_text_only(tmp_path: Path) -> None:
+    request = image_renderer(tmp_path).render({"text": "x", "img": None})
+
+    assert request is not None
+    assert request.body["messages"] == [{"role": "user", "content": "x"}]
 
 
 # --- keys --------------------------------------------------------------------------------

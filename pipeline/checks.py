@@ -1,0 +1,75 @@
+"""Checks before spending: what can be found wrong without sending a chat request.
+
+`run` makes them before its first request and `validate` reports them, so a problem with
+the key, the output, the store or the answer columns costs nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .answers import META_COLUMNS, output_columns
+from .config import Config
+from .errors import ConfigError, InputError, OutputError
+from .parse import Parser
+from .source import FORMATS, table_format
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def api_key(config: Config) -> str | None:
+    """The key from `model.api_key_env`; required unless the endpoint is on this machine."""
+    key = os.environ.get(config.model.api_key_env) or None
+    host = urlsplit(config.model.base_url).hostname or ""
+    if key is None and host not in LOCAL_HOSTS:
+        raise ConfigError(
+            f"environment variable {config.model.api_key_env} is not set; put your API key "
+            f"for {config.model.base_url} there (config key model.api_key_env)"
+        )
+    return key
+
+
+def check_new_columns(config: Config, columns: list[str]) -> None:
+    """The answer (and meta) columns must be distinct and not overwrite an input column."""
+    key = "output.schema" if config.output.parse == "json" else "output.column"
+    new = output_columns(Parser(config.output), config.output.include_meta)
+    if config.output.include_meta:
+        taken = [name for name in new[: -len(META_COLUMNS)] if name in META_COLUMNS]
+        if taken:
+            raise ConfigError(
+                f"answer column '{taken[0]}' is also a meta column of output.include_meta "
+                f"({', '.join(META_COLUMNS)}); rename it in {key}"
+            )
+    clash = [name for name in new if name in columns]
+    if clash:
+        raise InputError(
+            f"output column '{clash[0]}' already exists in the input; rename it in {key}"
+        )
+
+
+def check_output(path: Path) -> None:
+    """The output's format is known and its folder can take a new file."""
+    try:
+        table_format(path)
+    except InputError:
+        known = ", ".join(sorted(FORMATS))
+        raise OutputError(
+            f"output.path {path}: unknown table format '{path.suffix}'; use one of {known}"
+        ) from None
+    check_writable_folder(path.parent, "output.path")
+
+
+def check_writable_folder(folder: Path, key: str) -> None:
+    """`folder` exists (or is made) and a file can be created in it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".pipeline-probe-"):
+            pass
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write in {folder} ({key}): {exc.strerror or exc}; "
+            f"make it writable or change {key}"
+        ) from None
