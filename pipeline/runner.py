@@ -110,6 +110,9 @@ async def run(
     try:
         opened = open_input(config, limit)
         check_output(output)
+        total = opened.source.count()
+        if total == 0:
+            log.warning("the input %s has no rows: the output will have none", config.input.path)
         sink = Sink(output)
         await execute(
             config,
@@ -117,7 +120,7 @@ async def run(
             opened.source.chunks(config.run.chunk_rows),
             sink.write,
             summary=summary,
-            total=opened.source.count(),
+            total=total,
             progress=progress,
             transport=transport,
             offline=offline,
@@ -236,9 +239,22 @@ def _count_spending(summary: Summary, sender: Sender) -> None:
 async def _stream(
     job: Job, frames: Iterable[pl.DataFrame], write: Callable[[pl.DataFrame], None], ahead: int = 1
 ) -> None:
-    """Chunks in order; up to `ahead` later chunks are queued while one is finishing."""
+    """Chunks in order; up to `ahead` later chunks are queued while one is finishing.
+
+    When the input fails part-way, the requests already queued are still answered and
+    stored before the error ends the run: they may have been sent.
+    """
     backlog: deque[Chunk] = deque()
-    for frame in frames:
+    rows = iter(frames)
+    while True:
+        try:
+            frame = next(rows, None)
+        except PipelineError:
+            while backlog:
+                await job.finish(backlog.popleft())
+            raise
+        if frame is None:
+            break
         backlog.append(await job.prepare(frame))
         while len(backlog) > ahead:
             write(await job.finish(backlog.popleft()))

@@ -2,7 +2,8 @@
 
 It runs in a background thread of the test process; the CLI under test runs as a subprocess
 and talks to it over real HTTP. Tests script failures per prompt (`script`) or for every
-request (`always`) and inspect what arrived (`requests`, `headers`).
+request (`always`), or make it go down after some requests (`down_after`), and inspect what
+arrived (`requests`, `headers`).
 
 Run `python tests/fake_server.py --port N [--latency S]` to serve in the foreground.
 """
@@ -49,7 +50,7 @@ DEFAULT_MODELS: list[dict[str, Any]] = [
 ]
 
 _STATUS_ACTIONS = {"200", "400", "401", "403", "404", "429", "500", "503"}
-_OTHER_ACTIONS = {"drop", "truncate", "nochoices"}
+_OTHER_ACTIONS = {"drop", "truncate", "nochoices", "down"}
 _RETRY_AFTER = "429:retry-after="
 
 
@@ -120,6 +121,7 @@ class FakeServer:
         self.headers: list[dict[str, str]] = []
         self.gets: list[str] = []  # paths of GET requests, in arrival order
         self.model_route = True  # False: no /models/{id} route, as llama.cpp's server
+        self.require_key: str | None = None  # set: every route answers 401 to another key
         self._port = port
         self._always: str | None = None
         self._always_as_set: str | int | None = None
@@ -128,6 +130,8 @@ class FakeServer:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._serial = 0
+        self._down_after: int | None = None
+        self.went_down = threading.Event()  # set once the "down" action closed the server
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -206,6 +210,11 @@ class FakeServer:
             with self._lock:
                 self._scripts.append((match, checked))
 
+    def down_after(self, answered: int) -> None:
+        """Answer the next `answered` chat requests, then go down ("down") for good."""
+        with self._lock:
+            self._down_after = self._serial + answered
+
     @property
     def count(self) -> int:
         """How many chat requests have arrived."""
@@ -217,6 +226,19 @@ class FakeServer:
         with self._lock:
             return sum(match in last_content(body) for body in self.requests)
 
+    def _go_down(self) -> None:
+        """Stop listening and hang up on every open connection, as a crashed server does.
+
+        Runs in a thread of its own (a handler thread must not wait for its own server), and
+        leaves `stop()` to the test: it only closes the sockets."""
+        server = self._server
+        if server is None or self.went_down.is_set():
+            return
+        self.went_down.set()
+        server.shutdown()
+        server.server_close()
+        server.close_connections()
+
     # -- request handling (called from handler threads) ------------------------------------
 
     def _record(self, body: dict[str, Any], headers: dict[str, str]) -> tuple[str, int]:
@@ -226,6 +248,8 @@ class FakeServer:
             self.requests.append(body)
             self.headers.append(headers)
             self._serial += 1
+            if self._down_after is not None and self._serial > self._down_after:
+                return "down", self._serial
             if self._always is not None:
                 return self._always, self._serial
             for match, actions in self._scripts:
@@ -322,6 +346,8 @@ class _Handler(BaseHTTPRequestHandler):
         models = self.server.fake.models
         with self.server.fake._lock:
             self.server.fake.gets.append(path)
+        if not self._key_accepted():
+            return
         if path.startswith("/v1/models/") and not self.server.fake.model_route:
             self._send_not_found()
             return
@@ -351,6 +377,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if not isinstance(body, dict):
             self._send_json(400, {"error": {"message": "the JSON body must be an object"}})
+            return
+        if not self._key_accepted():
             return
         fake = self.server.fake
         headers = {name.lower(): value for name, value in self.headers.items()}
@@ -389,6 +417,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(400, payload)
         elif action == "drop":
             self.close_connection = True
+        elif action == "down":
+            self.close_connection = True
+            threading.Thread(target=self.server.fake._go_down, daemon=True).start()
         elif action == "truncate":
             full = json.dumps(self.server.fake._completion(body, serial)).encode()
             self._send_bytes(200, full[: len(full) // 2])
@@ -405,6 +436,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(500, {"error": {"message": message}})
             return
         self._send_json(200, payload)
+
+    def _key_accepted(self) -> bool:
+        """With `require_key` set, anything but that bearer key gets a 401 (and False)."""
+        key = self.server.fake.require_key
+        if key is None or self.headers.get("Authorization") == f"Bearer {key}":
+            return True
+        payload = _oxen_error("unauthenticated", "Unauthenticated", "Invalid API key")
+        self._send_json(401, payload)
+        return False
 
     # -- wire helpers ----------------------------------------------------------------------
 
