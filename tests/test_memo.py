@@ -8,6 +8,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import polars as pl
 import pytest
 from e2e import ROOT, run_cli, write_config
-from fake_server import FakeServer
+from fake_server import FakeServer, last_content
 
 from pipeline import job as job_module
 from pipeline import plan as plan_module
@@ -243,11 +244,25 @@ print(Memo(None, config, ["text"]).digest(frame).hex())
 
 
 def test_status_from_another_process_during_a_run_loses_nothing(tmp_path: Path) -> None:
-    """`status` opens the store and merges `recent` while the run keeps appending to it."""
-    rows = 60
+    """`status` opens the store and merges `recent` while the run keeps appending to it.
+
+    The server holds rows 15, 30 and 45 on until the test has read a status while the run
+    waits for them, so the test does not depend on how fast the machine is.
+    """
+    rows, holds = 60, (15, 30, 45)
     table(tmp_path, texts(rows))
-    with FakeServer(latency=0.1) as slow:  # 60 rows, 2 at a time: about 3 s
-        config = write_config(tmp_path, slow.base_url, run={"concurrency": 2, "chunk_rows": 20})
+    gates = {row: threading.Event() for row in holds}
+
+    def held(body: dict[str, Any]) -> str:
+        text = last_content(body)
+        row = int(text.split()[-1])
+        for start, gate in gates.items():
+            if row >= start:
+                gate.wait(timeout=60)
+        return "echo: " + text
+
+    with FakeServer(answer=held) as server:
+        config = write_config(tmp_path, server.base_url, run={"concurrency": 2, "chunk_rows": 20})
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         log = (tmp_path / "run.log").open("w")
         process = subprocess.Popen(
@@ -258,18 +273,22 @@ def test_status_from_another_process_during_a_run_loses_nothing(tmp_path: Path) 
         )
         try:
             seen: list[int] = []
-            deadline = time.monotonic() + 60
-            while process.poll() is None and len(seen) < 3 and time.monotonic() < deadline:
-                if slow.count > 10 * (len(seen) + 1):
-                    seen.append(json.loads(run_cli("status", str(config)).stdout)["done"])
-                time.sleep(0.02)
-            assert process.wait(timeout=60) == 0, (tmp_path / "run.log").read_text()
+            deadline = time.monotonic() + 120
+            for start, gate in gates.items():
+                while server.count_matching(f"row {start}") == 0 and time.monotonic() < deadline:
+                    assert process.poll() is None, (tmp_path / "run.log").read_text()
+                    time.sleep(0.02)
+                seen.append(json.loads(run_cli("status", str(config)).stdout)["done"])
+                gate.set()
+            assert process.wait(timeout=120) == 0, (tmp_path / "run.log").read_text()
         finally:
+            for gate in gates.values():
+                gate.set()
             if process.poll() is None:
                 process.kill()
             log.close()
         assert seen == sorted(seen) and len(seen) == 3 and seen[0] > 0
-        assert slow.count == rows
+        assert seen[-1] < rows and server.count == rows
     with sqlite3.connect(tmp_path / "out/store.db") as db:
         assert db.execute("SELECT count(*) FROM responses").fetchone()[0] == rows
         assert db.execute("SELECT count(*) FROM recent").fetchone()[0] == 0
