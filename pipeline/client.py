@@ -11,6 +11,7 @@ from __future__ import annotations
 import email.utils
 import json
 import math
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,8 +22,10 @@ import aiohttp
 import httpx
 import yarl
 
-from .errors import AuthError, FatalRequestError, RateLimited, RetryableError
+from .errors import AuthError, FatalRequestError, RateLimited, RequestError, RetryableError
 from .ratelimit import rate_headers
+
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 @dataclass(slots=True)
@@ -34,6 +37,17 @@ class Completion:
     completion_tokens: int
     raw: str
     headers: Mapping[str, str]
+
+
+def utf8_safe(text: str) -> str:
+    """`text` with lone surrogates (JSON's "\\ud800") replaced, so UTF-8 can store it."""
+    if text.isascii():  # O(1) in CPython: the common case costs nothing
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text)
+    return text
 
 
 def error_detail(status: int, text: str) -> str:
@@ -76,7 +90,11 @@ def retry_after(headers: Mapping[str, str], now: float | None = None) -> float |
 
 
 def parse_completion(status: int, text: str, headers: Mapping[str, str]) -> Completion:
-    """Check a 200 body and take the answer out of it; a malformed body is retryable."""
+    """Check a 200 body and take the answer out of it.
+
+    A malformed body, or one without message content, is retryable; a refusal or a filtered
+    answer is fatal (a retry in this run would answer the same).
+    """
     try:
         body = json.loads(text)
     except (ValueError, RecursionError):
@@ -86,16 +104,54 @@ def parse_completion(status: int, text: str, headers: Mapping[str, str]) -> Comp
     choices = body.get("choices") if isinstance(body, dict) else None
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise RetryableError(f"HTTP {status} without choices in the body", status=status)
-    message = choices[0].get("message") or {}
-    content = message.get("content") if isinstance(message, dict) else None
+    choice = choices[0]
+    message = choice.get("message")
+    message = message if isinstance(message, dict) else {}
+    content = message.get("content")
+    if isinstance(content, list):  # content parts: [{"type": "text", "text": ...}, ...]
+        content = _text_parts(content)
+    if not isinstance(content, str):
+        raise _no_content(status, choice, message)
     usage = body.get("usage")
     usage = usage if isinstance(usage, dict) else {}
     return Completion(
-        content=content if isinstance(content, str) else "",
+        content=utf8_safe(content),
         prompt_tokens=_count(usage.get("prompt_tokens")),
         completion_tokens=_count(usage.get("completion_tokens")),
         raw=text,
         headers=headers,
+    )
+
+
+def _text_parts(parts: list[Any]) -> str | None:
+    """The text parts of a content list joined, or None when it has no text part."""
+    texts: list[str] = []
+    for part in parts:
+        if isinstance(part, dict) and part.get("type", "text") == "text":
+            part = part.get("text")
+        if isinstance(part, str):
+            texts.append(part)
+    return "".join(texts) if texts else None
+
+
+def _no_content(status: int, choice: dict[str, Any], message: dict[str, Any]) -> RequestError:
+    """A 200 without an answer: fatal when the model refused or was filtered, else retryable."""
+    finish = choice.get("finish_reason")
+    finish = finish[:50] if isinstance(finish, str) else None
+    refusals = [message.get("refusal")]
+    if isinstance(message.get("content"), list):
+        refusals += [p.get("refusal") for p in message["content"] if isinstance(p, dict)]
+    refusal = next((r for r in refusals if isinstance(r, str) and r.strip()), None)
+    if refusal is not None:
+        said = utf8_safe(" ".join(refusal[:1000].split())[:200])
+        return FatalRequestError(f"no answer: the model refused: {said}", status=status)
+    if finish == "content_filter":
+        return FatalRequestError(
+            "no answer: the content filter withheld it (finish_reason 'content_filter')",
+            status=status,
+        )
+    return RetryableError(
+        f"HTTP {status} without message content (finish_reason {finish!r})", status=status
     )
 
 

@@ -150,10 +150,102 @@ def test_200_without_usage_counts_zero_tokens() -> None:
     assert (result.content, result.prompt_tokens, result.completion_tokens) == ("x", 0, 0)
 
 
-def test_200_with_null_content_gives_empty_answer() -> None:
-    result = complete(answer(200, json.dumps(completion_json(None))))
+def choice_json(choice: Any) -> str:
+    return json.dumps({"choices": [choice], "usage": {"prompt_tokens": 1}})
 
-    assert result.content == ""
+
+def test_200_with_empty_content_is_an_empty_answer() -> None:
+    assert complete(answer(200, json.dumps(completion_json("")))).content == ""
+
+
+def test_200_with_content_parts_joins_the_text_parts() -> None:
+    parts = [
+        {"type": "text", "text": "a "},
+        "b",
+        {"type": "image_url", "image_url": {"url": "http://x/y.png"}},
+        {"type": "text", "text": {"not": "text"}},
+        {"text": "c"},
+    ]
+    result = complete(answer(200, json.dumps(completion_json(parts))))
+
+    assert result.content == "a bc"
+    assert result.prompt_tokens == 12
+
+
+@pytest.mark.parametrize(
+    "choice",
+    [
+        {"message": {"role": "assistant", "content": None}, "finish_reason": "length"},
+        {"message": {"role": "assistant"}},
+        {"finish_reason": "stop"},
+        {"message": None},
+        {"message": "just a string"},
+        {"message": {"content": 42}},
+        {"message": {"content": {"text": "x"}}},
+        {"message": {"content": []}},
+        {"message": {"content": [{"type": "image_url", "image_url": {}}]}},
+        {"message": {"content": None, "refusal": "  "}},
+    ],
+)
+def test_200_without_message_content_is_retryable(choice: dict[str, Any]) -> None:
+    error = fails_with(answer(200, choice_json(choice)))
+
+    assert type(error) is RetryableError
+    assert error.status == 200
+    assert str(error).startswith("HTTP 200 without message content (finish_reason ")
+
+
+def test_200_without_content_names_the_finish_reason() -> None:
+    choice = {"message": {"content": None}, "finish_reason": "length"}
+
+    error = fails_with(answer(200, choice_json(choice)))
+
+    assert str(error) == "HTTP 200 without message content (finish_reason 'length')"
+
+
+def test_200_content_filter_without_content_is_fatal() -> None:
+    choice = {"message": {"role": "assistant", "content": None}, "finish_reason": "content_filter"}
+
+    error = fails_with(answer(200, choice_json(choice)))
+
+    assert type(error) is FatalRequestError
+    assert error.status == 200
+    assert str(error).startswith("no answer: ")
+    assert "content_filter" in str(error)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"role": "assistant", "content": None, "refusal": "I can't\n help with that."},
+        {"content": [{"type": "refusal", "refusal": "I can't help with that."}]},
+    ],
+)
+def test_200_refusal_is_fatal_with_the_refusal(message: dict[str, Any]) -> None:
+    error = fails_with(answer(200, choice_json({"message": message, "finish_reason": "stop"})))
+
+    assert type(error) is FatalRequestError
+    assert error.status == 200
+    assert str(error) == "no answer: the model refused: I can't help with that."
+
+
+def test_200_content_wins_over_a_refusal_field() -> None:
+    raw = choice_json({"message": {"content": "billing", "refusal": "no"}})
+
+    assert parse_completion(200, raw, httpx.Headers()).content == "billing"
+
+
+@pytest.mark.parametrize(
+    "content", ['"a\\ud800b"', '[{"type": "text", "text": "a\\ud800"}, "b"]', '"a\\udfffb"']
+)
+def test_200_lone_surrogate_in_content_is_replaced(content: str) -> None:
+    raw = '{"choices": [{"message": {"content": ' + content + "}}]}"
+
+    result = parse_completion(200, raw, httpx.Headers())
+
+    assert result.content == "a\ufffdb"
+    result.content.encode("utf-8")
+    assert result.raw == raw
 
 
 @pytest.mark.parametrize(
@@ -385,6 +477,42 @@ def test_error_detail_never_raises_on_any_json(status: int, body: Any) -> None:
 
 def test_error_detail_survives_deeply_nested_json() -> None:
     assert error_detail(500, "[" * 100_000)
+
+
+surrogates = st.text(st.characters(exclude_categories=[])) | st.sampled_from(["a\ud800"])
+text_parts = st.fixed_dictionaries(
+    {},
+    optional={
+        "type": st.sampled_from(["text", "refusal", "image_url"]),
+        "text": surrogates | json_values,
+    },
+)
+messages = json_values | st.fixed_dictionaries(
+    {},
+    optional={
+        "content": json_values | st.lists(surrogates | text_parts | json_values, max_size=4),
+        "refusal": json_values,
+    },
+)
+
+
+@HYPOTHESIS
+@given(
+    message=messages,
+    finish_reason=st.sampled_from(["stop", "length", "content_filter"]) | json_values,
+    ascii_only=st.booleans(),
+)
+def test_parse_completion_gives_storable_text_or_a_request_error(
+    message: Any, finish_reason: Any, ascii_only: bool
+) -> None:
+    body = {"choices": [{"message": message, "finish_reason": finish_reason}]}
+    try:
+        result = parse_completion(200, json.dumps(body, ensure_ascii=ascii_only), httpx.Headers())
+    except RequestError as exc:
+        assert exc.status == 200
+        str(exc).encode("utf-8")
+    else:
+        result.content.encode("utf-8")
 
 
 def test_deeply_nested_200_body_is_retryable() -> None:
