@@ -1,18 +1,24 @@
 """Sender stage: a `Request` -> a `Result`, through the limiter, the client and retries.
 
 Here a row's failure is recorded, never raised: this is the per-row boundary. Three
-consecutive 401/403/404 answers stop the whole run, since no later row can succeed.
+consecutive 401/403/404 answers stop the whole run, since no later row can succeed; the
+`Breaker` pauses sending while the endpoint is down and stops the run when it stays down or
+when every request gets the same error.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from .breaker import Breaker
 from .catalog import Price
 from .client import ChatClient, Completion
 from .config import Config
-from .errors import AuthError, FatalRequestError, RateLimited, RetryableError
+from .errors import AuthError, FatalRequestError, RateLimited, RequestError, RetryableError
 from .limiter import Limiter
 from .ratelimit import rate_headers
 from .records import FAILED, OK, PENDING, Request, Result
@@ -46,6 +52,9 @@ class Sender:
         client: ChatClient | None,
         limiter: Limiter,
         price: Price | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._config = config
         self._client = client
@@ -53,12 +62,17 @@ class Sender:
         self.price = price
         self.counters = Counters()
         self.stop_reason: str | None = None
+        self.breaker = Breaker(
+            config.model.base_url, config.run.max_outage_s, clock=clock, sleep=sleep
+        )
         self._auth_failures = 0
 
     def stop(self, reason: str) -> None:
+        """Stop sending: rows not answered yet end pending, and waiting workers wake now."""
         if self.stop_reason is None:
             self.stop_reason = reason
             log.error("stopping: %s", reason)
+        self.breaker.halt()
 
     async def send(self, request: Request) -> Result:
         """The row's result: answered, failed (with the error) or pending (run stopped)."""
@@ -103,7 +117,7 @@ class Sender:
         from .retry import policy  # tenacity is imported only when a request fails
 
         failure: RetryableError | None = first
-        async for attempt in policy(self._config.run.max_retries):
+        async for attempt in policy(self._config.run.max_retries, sleep=self.breaker.nap):
             with attempt:
                 if failure is not None:
                     replay, failure = failure, None
@@ -116,6 +130,32 @@ class Sender:
         raise AssertionError("the retry policy re-raises the last error")
 
     async def _attempt(self, request: Request) -> Completion:
+        """One attempt; while the breaker holds sending, a failure waits, not a retry."""
+        while True:
+            probe = await self.breaker.admit()
+            try:
+                if self.breaker.reason is not None:
+                    self.stop(self.breaker.reason)
+                if self.stop_reason is not None:
+                    raise _Stopped
+                completion = await self._send(request)
+            except RequestError as exc:
+                held = self.breaker.record(exc, probe=probe)
+                if self.breaker.reason is not None:
+                    self.stop(self.breaker.reason)
+                if not held:
+                    raise
+                if self.stop_reason is not None:
+                    raise _Stopped from None
+                continue  # paused: wait for the probe's answer, or send the next probe
+            except BaseException:
+                if probe:
+                    self.breaker.abandon_probe()
+                raise
+            self.breaker.record(None, probe=probe)
+            return completion
+
+    async def _send(self, request: Request) -> Completion:
         sent_at = await self._limiter.acquire(request.est_tokens)
         if self.stop_reason is not None or self._client is None:
             raise _Stopped

@@ -1,0 +1,79 @@
+"""An endpoint that goes down, or gives every request the same error, stops the run: exit 3."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+from e2e import run_cli, write_config
+from fake_server import FakeServer
+
+ROWS = 60
+CONCURRENCY = 4
+MAX_RETRIES = 4
+
+
+def make_table(folder: Path) -> None:
+    pl.DataFrame({"id": range(ROWS), "text": [f"row-{i}" for i in range(ROWS)]}).write_csv(
+        folder / "in.csv"
+    )
+
+
+def config(folder: Path, base_url: str, max_outage_s: float = 2) -> Path:
+    run = {"concurrency": CONCURRENCY, "max_retries": MAX_RETRIES, "max_outage_s": max_outage_s}
+    return write_config(folder, base_url, run=run)
+
+
+def test_an_endpoint_that_goes_down_stops_the_run_and_a_rerun_resumes(tmp_path: Path) -> None:
+    make_table(tmp_path)
+    answered = 12
+    with FakeServer() as server:
+        server.down_after(answered)
+        ran = run_cli("run", str(config(tmp_path, server.base_url)), timeout=60)
+        assert server.went_down.is_set()
+    assert ran.code == 3, ran.stderr
+    assert "Traceback" not in ran.stderr
+    assert "is down" in ran.stderr and "rerun to resume" in ran.stderr
+    summary = ran.summary
+    assert summary["answered"] == answered
+    assert summary["pending"] + summary["failed"] == ROWS - answered
+    assert summary["pending"] >= ROWS - answered - CONCURRENCY
+    # Without the breaker each of the 48 rows left would be tried 5 times: 240 requests.
+    assert summary["requests_sent"] <= answered + 10 + 10 + CONCURRENCY
+
+    with FakeServer() as server:
+        again = run_cli("run", str(config(tmp_path, server.base_url)), timeout=60)
+        assert again.code == 0, again.stderr
+        assert again.summary["from_store"] == answered
+        assert again.summary["requests_sent"] == server.count == ROWS - answered
+    out = pl.read_parquet(tmp_path / "out/answers.parquet")
+    assert out["answer"].to_list() == [f"echo: row-{i}" for i in range(ROWS)]
+
+
+def test_the_same_400_on_every_row_stops_after_a_handful(tmp_path: Path) -> None:
+    make_table(tmp_path)
+    with FakeServer() as server:
+        server.always = 400
+        ran = run_cli("run", str(config(tmp_path, server.base_url)), timeout=60)
+        assert ran.code == 3, ran.stderr
+        assert "Traceback" not in ran.stderr
+        assert "every request gets the same error: HTTP 400: temperature must be <= 2" in (
+            ran.stderr
+        )
+        assert server.count <= 5 + CONCURRENCY
+        assert ran.summary["failed"] == server.count
+        assert ran.summary["pending"] == ROWS - server.count
+
+
+def test_the_same_500_on_every_request_stops_with_the_same_error(tmp_path: Path) -> None:
+    make_table(tmp_path)
+    with FakeServer() as server:
+        server.always = 500
+        ran = run_cli("run", str(config(tmp_path, server.base_url, 1)), timeout=60)
+        assert ran.code == 3, ran.stderr
+        assert "Traceback" not in ran.stderr
+        assert "every request gets the same error: HTTP 500: upstream failure" in ran.stderr
+        assert server.count <= 10 + 10 + CONCURRENCY
+        # A row may spend its 5 attempts before the 10th failure in a row pauses the run.
+        assert ran.summary["pending"] + ran.summary["failed"] == ROWS
+        assert ran.summary["pending"] >= ROWS - CONCURRENCY
