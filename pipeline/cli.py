@@ -310,7 +310,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
         "estimated_tokens": plan.estimated_tokens,
         "estimated_prompt_tokens_to_send": plan.to_send_prompt_tokens,
         "max_completion_tokens_to_send": plan.to_send_completion_tokens,
-        "estimated_cost_usd": cost if cost is not None else "unknown (no pricing)",
+        "estimated_cost_usd": cost,  # null: no pricing known
         "url": config.model.base_url.rstrip("/") + "/chat/completions",
     }
     print(json.dumps(report, indent=2, ensure_ascii=False))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -184,7 +185,9 @@ class Sender:
 
     def _auth_advice(self, exc: AuthError) -> str:
         model = self._config.model
-        if exc.status == 401:
+        if exc.status == 401 and not os.environ.get(model.api_key_env):
+            hint = f"the variable {model.api_key_env} is not set: put your API key there"
+        elif exc.status == 401:
             hint = f"the API key was rejected: check the variable {model.api_key_env}"
         elif exc.status == 403:
             hint = f"the API key may not use model '{model.name}': check {model.api_key_env}"

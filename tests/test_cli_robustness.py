@@ -282,3 +282,15 @@ def test_an_internal_error_is_one_line_and_its_traceback_goes_to_a_file(
     assert err.count("\n") == 1 and "internal error" in err and "KeyError" in err
     [trace] = (tmp_path / "out").glob("pipeline-error-*.log")
     assert "Traceback" in trace.read_text() and str(trace) in err
+
+
+def test_chat_requests_refused_with_the_key_variable_unset_say_it_is_unset(
+    tmp_path: Path,
+) -> None:
+    texts(tmp_path, [f"row {i}" for i in range(8)])
+    with FakeServer() as server:
+        server.always = 401
+        config = write_config(tmp_path, server.base_url, run={"concurrency": 1})
+        ran = run_cli("run", str(config), env={"TEST_KEY": ""})
+        assert ran.code == 3 and "TEST_KEY is not set" in ran.stderr, ran.stderr
+        assert server.count == 3
