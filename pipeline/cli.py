@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import json
 import logging
 import os
 import sys
@@ -15,21 +14,29 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from . import __version__
-from .catalog import Catalog, check_model, check_params, model_id, price
-from .checks import api_key, check_output, check_writable_folder
+from .commands import (
+    cmd_models_list,
+    cmd_models_show,
+    cmd_preview,
+    cmd_status,
+    cmd_store_check,
+    cmd_store_salvage,
+    cmd_validate,
+)
 from .config import DEFAULT_BASE_URL, DEFAULT_KEY_ENV, Config, load
-from .errors import CatalogUnavailable, InputError, LockError, PipelineError, RunStopped
-from .plan import make_plan
+from .errors import (
+    LockError,
+    PipelineError,
+    RunStopped,
+)
 from .progress import Progress
 from .runner import run
 from .summary import (
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_LOCKED,
-    EXIT_OK,
     EXIT_PART_WAY,
     EXIT_STOPPED,
     EXIT_USAGE,
@@ -143,6 +150,21 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--base-url", metavar="URL", help=f"default {DEFAULT_BASE_URL}")
         sub.add_argument("--api-key-env", metavar="VAR", help=f"default {DEFAULT_KEY_ENV}")
         sub.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+
+    store = commands.add_parser("store", help="check the job's store, or salvage a damaged one")
+    actions = store.add_subparsers(dest="store_command", required=True, metavar="ACTION")
+    for name, help, handler in (
+        ("check", "check the store for damage and count its answers", cmd_store_check),
+        ("salvage", "copy every readable answer into a fresh store", cmd_store_salvage),
+    ):
+        sub = actions.add_parser(
+            name,
+            help=help,
+            description=help,
+            epilog=STORE_EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        _config_arguments(sub, handler)
     return parser
 
 
@@ -273,132 +295,25 @@ def cmd_reparse(args: argparse.Namespace) -> int:
     return _report_run(_config(args), True, args)
 
 
-def _cost(config: Config, prompt: int, completion: int, found: dict[str, Any] | None) -> Any:
-    known = price(config.model, found)
-    return None if known is None else round(known.cost(prompt, completion), 10)
+STORE_EPILOG = """exit codes:
+  0    check: the store is sound; salvage: the readable answers are in a fresh store
+  2    config problem, no store yet, or (check) the store is damaged
+  4    salvage: a run is using the store
+  6    internal error (a bug)
+  130  interrupted (Ctrl-C)
+"""
 
 
-def _lookup_model(config: Config) -> dict[str, Any] | None:
-    """The model object, when the endpoint serves one and answers (used for prices)."""
-    if config.model.pricing is not None or not config.model.preflight:
-        return None
-    try:
-        return check_model(config.model, api_key_or_none(config)).model
-    except RunStopped:
-        return None
-
-
-def api_key_or_none(config: Config) -> str | None:
-    try:
-        return api_key(config)
-    except PipelineError:
-        return None
-
-
-def cmd_preview(args: argparse.Namespace) -> int:
-    config = _config(args)
-    plan = make_plan(config, limit=args.limit, show=args.n)
-    found = _lookup_model(config)
-    cost = _cost(config, plan.to_send_prompt_tokens, plan.to_send_completion_tokens, found)
-    report = {
-        "requests": plan.first,
-        "rows": plan.rows,
-        "skipped": plan.skipped,
-        "unique_requests": plan.unique_requests,
-        "already_answered": plan.done,
-        "to_send": plan.to_send,
-        "estimated_tokens": plan.estimated_tokens,
-        "estimated_prompt_tokens_to_send": plan.to_send_prompt_tokens,
-        "max_completion_tokens_to_send": plan.to_send_completion_tokens,
-        "estimated_cost_usd": cost,  # null: no pricing known
-        "url": config.model.base_url.rstrip("/") + "/chat/completions",
-    }
-    print(json.dumps(report, indent=2, ensure_ascii=False))
-    return EXIT_OK
-
-
-def cmd_validate(args: argparse.Namespace) -> int:
-    config = _config(args)
-    plan = make_plan(config, show=0)  # opens the store: a damaged or read-only one is named
-    check_output(config.output.path)
-    if not config.store_path.exists():
-        check_writable_folder(config.store_path.parent, "run.store")
-    key = api_key(config)
-    if plan.row_errors and plan.row_errors == plan.rows:
-        raise InputError(
-            f"the prompt fails on every row ({plan.rows} of {plan.rows}); {plan.first_error}"
-        )
-    print(
-        f"ok: {plan.rows} rows, {plan.unique_requests} unique requests, "
-        f"{plan.skipped} skipped; output {config.output.path}, store {config.store_path}"
+def _config_arguments(sub: argparse.ArgumentParser, handler: Handler) -> None:
+    """The arguments of a command over one job: CONFIG, --set and -v (as `command` adds)."""
+    sub.set_defaults(handler=handler)
+    sub.add_argument("config", help="the job's YAML config file")
+    sub.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set run.store=other.db (repeatable)",
     )
-    if plan.row_errors:
-        print(
-            f"warning: the prompt fails on {plan.row_errors} of {plan.rows} rows, which a run "
-            f"records as failed; first, {plan.first_error}"
-        )
-    checked = check_model(config.model, key)
-    if checked.note:
-        print(f"model: {checked.note}")
-    if checked.model is not None:
-        problems = check_params(dict(config.model.params), checked.model)
-        if problems:
-            raise PipelineError("; ".join(problems))
-        print(f"model: '{config.model.name}' is served and accepts model.params")
-    return EXIT_OK
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    config = _config(args)
-    plan = make_plan(config, limit=args.limit, show=0, counts_only=True)
-    report = {
-        "rows": plan.rows,
-        "done": plan.done,
-        "failed": plan.failed,
-        "pending": plan.pending,
-        "skipped": plan.skipped + plan.row_errors,
-        "store": str(config.store_path),
-    }
-    print(json.dumps(report, indent=2))
-    return EXIT_OK
-
-
-def _catalog(args: argparse.Namespace) -> Catalog:
-    base_url, key_env = DEFAULT_BASE_URL, DEFAULT_KEY_ENV
-    if args.config:
-        config = load(args.config)
-        base_url, key_env = config.model.base_url, config.model.api_key_env
-    base_url = args.base_url or base_url
-    key_env = args.api_key_env or key_env
-    return Catalog(base_url, os.environ.get(key_env) or None)
-
-
-def cmd_models_list(args: argparse.Namespace) -> int:
-    catalog = _catalog(args)
-    try:
-        models = catalog.list()
-    except CatalogUnavailable as exc:
-        raise PipelineError(f"cannot list models: {exc}") from None
-    finally:
-        catalog.close()
-    if models is None:
-        raise PipelineError("the endpoint serves no model list (GET /models answered 404)")
-    for item in models:
-        name = model_id(item)
-        if not args.search or args.search.lower() in name.lower():
-            print(name)
-    return EXIT_OK
-
-
-def cmd_models_show(args: argparse.Namespace) -> int:
-    catalog = _catalog(args)
-    try:
-        found = catalog.show(args.model_id)
-    except CatalogUnavailable as exc:
-        raise PipelineError(f"cannot read model '{args.model_id}': {exc}") from None
-    finally:
-        catalog.close()
-    if found is None:
-        raise RunStopped(f"the endpoint has no model '{args.model_id}'")
-    print(json.dumps(found, indent=2, ensure_ascii=False))
-    return EXIT_OK
+    sub.add_argument("-v", "--verbose", action="store_true", help="log debug details")

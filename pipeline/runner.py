@@ -30,12 +30,13 @@ from .config import Config
 from .errors import ConfigError, PipelineError
 from .job import Chunk, Job
 from .limiter import Limiter
+from .lock import Lock
 from .progress import Progress
 from .render import Renderer
 from .sender import Sender
 from .sink import Sink
 from .source import Source
-from .store import Lock, Store
+from .store import Store
 from .summary import (
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,

@@ -9,28 +9,33 @@ Answers are first appended to `recent` (an insert at the end of a table writes a
 two per commit, where one into the key-ordered `responses` writes a page per row); every
 `MERGE_ROWS` answers, on close, and on opening after a kill, they move to `responses` in one
 transaction, in key order.
+
+Every SQLite error is translated in `store_error`, naming the file and what to do; a damaged
+file is left to `salvage.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import os
+import functools
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from .errors import LockError, OutputError
+from .errors import OutputError, StoreError
 from .records import Result
 
-_COLUMNS = "key, status, answer, raw, error, prompt_tokens, completion_tokens, attempts, updated_at"
+COLUMNS = "key, status, answer, raw, error, prompt_tokens, completion_tokens, attempts, updated_at"
 _FIELDS = """status TEXT NOT NULL, answer TEXT, raw TEXT, error TEXT,
     prompt_tokens INTEGER NOT NULL DEFAULT 0, completion_tokens INTEGER NOT NULL DEFAULT 0,
     attempts INTEGER NOT NULL DEFAULT 0, updated_at REAL NOT NULL"""
 MERGE_ROWS = 20_000  # answers kept in `recent` (and in memory) before they move to `responses`
+_DAMAGED = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 def _m001_responses(db: sqlite3.Connection) -> None:
@@ -68,36 +73,152 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
 ]
 
 
+def _code(exc: sqlite3.Error) -> int | None:
+    """SQLite's primary result code; None for an error of the `sqlite3` module itself."""
+    code: int | None = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else code & 0xFF
+
+
+def is_damage(exc: sqlite3.Error) -> bool:
+    """Whether the file is corrupt or not a database at all.
+
+    The `sqlite3` module's own OperationalError (no SQLite code) is a stored text it cannot
+    decode: the store only ever writes `str`, so the bytes on disk are damaged.
+    """
+    code = _code(exc)
+    return code in _DAMAGED or (code is None and isinstance(exc, sqlite3.OperationalError))
+
+
+def store_error(path: Path, exc: sqlite3.Error) -> OutputError:
+    """The one translation of a SQLite error: what is wrong with which file, and what to do."""
+    code = _code(exc)
+    if is_damage(exc):
+        detail = str(exc) if len(str(exc)) <= 200 else str(exc)[:200] + "..."
+        return StoreError(
+            f"the store {path} is damaged ({detail}); `pipeline store check CONFIG` shows what "
+            "is wrong and `pipeline store salvage CONFIG` copies every readable answer into a "
+            "fresh store"
+        )
+    if code == sqlite3.SQLITE_READONLY:
+        return StoreError(
+            f"the store {path} is read-only: {exc}; make it writable or set run.store to "
+            "another path"
+        )
+    if code in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR):
+        return OutputError(f"cannot write store {path}: {exc}; free some disk space and rerun")
+    if code == sqlite3.SQLITE_CANTOPEN:
+        return StoreError(
+            f"cannot open store {path}: {exc}; check that it is a file in a writable folder "
+            "or set run.store to another path"
+        )
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return StoreError(
+            f"the store {path} is busy ({exc}): another program is writing it; close that "
+            "program and rerun"
+        )
+    return StoreError(f"cannot use the store {path}: {exc}")
+
+
+def _translated(
+    method: Callable[Concatenate[Store, _P], _T],
+) -> Callable[Concatenate[Store, _P], _T]:
+    """`method` with its SQLite errors translated by `store_error`."""
+
+    def translated(self: Store, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise store_error(self.path, exc) from exc
+
+    functools.update_wrapper(translated, method)
+    return translated
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection to the store at `path` in WAL mode; reads nothing but the header."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=5000")
+        db.execute("PRAGMA cache_size=-16384")  # 16 MiB of pages, not 2
+    except sqlite3.Error:
+        db.close()
+        raise
+    return db
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Bring the schema up to the last of `MIGRATIONS`, one transaction per step."""
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
+        db.execute("BEGIN IMMEDIATE")
+        migration(db)
+        db.execute(f"PRAGMA user_version={number}")
+        db.execute("COMMIT")
+
+
+def integrity(db: sqlite3.Connection, limit: int = 20) -> list[str]:
+    """What `PRAGMA quick_check` finds wrong in the file (at most `limit` lines; none: sound)."""
+    try:
+        rows = db.execute(f"PRAGMA quick_check({limit})").fetchall()
+    except sqlite3.Error as exc:
+        if not is_damage(exc):
+            raise
+        return [str(exc)]
+    found = [line for (text,) in rows for line in str(text).splitlines() if "***" not in line]
+    return [] if found == ["ok"] else found[:limit]
+
+
 class Store:
     """The checkpoint and cache of one job."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.execute("PRAGMA cache_size=-16384")  # 16 MiB of pages, not 2
-            self._migrate()
-        except (OSError, sqlite3.Error) as exc:
-            raise OutputError(f"cannot open store {path}: {exc}") from exc
         self._recent: dict[str, Result] = {}  # what `recent` holds, for lookups
         self._recent_rows = 0
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot open store {path}: {exc.strerror or exc}") from exc
+        try:
+            self._db = connect(path)
+        except sqlite3.Error as exc:
+            raise store_error(path, exc) from exc
+        try:
+            self._open()
+        except BaseException:
+            self._db.close()
+            raise
+
+    @_translated
+    def _open(self) -> None:
+        migrate(self._db)
+        self._probe_write()
         self.merge()  # answers a killed run left in `recent`
 
-    def _migrate(self) -> None:
-        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
-        for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
-            self._db.execute("BEGIN IMMEDIATE")
-            migration(self._db)
-            self._db.execute(f"PRAGMA user_version={number}")
-            self._db.execute("COMMIT")
+    def _probe_write(self) -> None:
+        """Fail now, before any request is sent, if the file cannot be written.
 
+        A real write, rolled back: file modes say nothing when the process runs as root, and
+        an immutable file or a read-only mount refuses it all the same.
+        """
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("INSERT INTO recent (key, status, updated_at) VALUES ('', '', 0)")
+        finally:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+
+    @_translated
+    def check(self) -> list[str]:
+        """What `PRAGMA quick_check` finds wrong with the store (empty when it is sound)."""
+        return integrity(self._db)
+
+    @_translated
     def lookup(self, keys: Iterable[str], *, with_raw: bool = True) -> dict[str, Result]:
         """The stored results among `keys`; `with_raw=False` may leave out the raw bodies."""
-        columns = _COLUMNS if with_raw else _COLUMNS.replace("raw,", "NULL,")
+        columns = COLUMNS if with_raw else COLUMNS.replace("raw,", "NULL,")
         found: dict[str, Result] = {}
         batch: list[str] = []
         recent = self._recent
@@ -136,21 +257,22 @@ class Store:
             )
             for r in results
         ]
-        self._write(f"INSERT INTO recent ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", rows)
+        self._write(f"INSERT INTO recent ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", rows)
         for result in results:
             self._recent[result.key] = result
         self._recent_rows += len(rows)
         if self._recent_rows >= MERGE_ROWS:
             self.merge()
 
+    @_translated
     def merge(self) -> None:
         """Move the answers in `recent` to `responses`, the later of two for a key winning."""
         if not self._recent and self._db.execute("SELECT 1 FROM recent LIMIT 1").fetchone() is None:
             return
         with self._transaction():
             self._db.execute(
-                f"INSERT OR REPLACE INTO responses ({_COLUMNS}) "
-                f"SELECT {_COLUMNS} FROM recent ORDER BY key, rowid"
+                f"INSERT OR REPLACE INTO responses ({COLUMNS}) "
+                f"SELECT {COLUMNS} FROM recent ORDER BY key, rowid"
             )
             self._db.execute("DELETE FROM recent")
         self._recent.clear()
@@ -167,17 +289,27 @@ class Store:
             self._db.execute("BEGIN")
             yield
             self._db.execute("COMMIT")
-        except (sqlite3.Error, OverflowError, ValueError) as exc:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise store_error(self.path, exc) from exc
+        except (OverflowError, ValueError) as exc:
+            self._rollback()
             raise OutputError(f"cannot write store {self.path}: {exc}") from exc
 
+    def _rollback(self) -> None:
+        """Undo the open transaction, if SQLite has not already (a damaged file may refuse)."""
+        if self._db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+
+    @_translated
     def memo_get(self, digest: bytes) -> tuple[bytes, int, int] | None:
         """A memoised chunk's (columns, ok, skipped), if the store has it."""
         query = "SELECT columns, ok, skipped FROM memo WHERE digest = ?"
         row = self._db.execute(query, (digest,)).fetchone()
         return None if row is None else (bytes(row[0]), int(row[1]), int(row[2]))
 
+    @_translated
     def memo_counts(self, digest: bytes) -> tuple[int, int] | None:
         """A memoised chunk's (ok, skipped) rows, without reading its columns."""
         row = self._db.execute(
@@ -191,18 +323,21 @@ class Store:
         row = (digest, fingerprint, columns, ok, skipped, time.time())
         self._write("INSERT OR REPLACE INTO memo VALUES (?,?,?,?,?,?)", [row])
 
+    @_translated
     def memo_prune(self, keep: set[bytes]) -> None:
         """Drop the memoised chunks not in `keep` (those of older data or settings)."""
         stale = [(d,) for (d,) in self._db.execute("SELECT digest FROM memo") if d not in keep]
         if stale:
             self._write("DELETE FROM memo WHERE digest = ?", stale)
 
+    @_translated
     def counts(self) -> dict[str, int]:
         """Stored requests by status."""
         self.merge()
         query = "SELECT status, count(*) FROM responses GROUP BY status"
         return {status: n for status, n in self._db.execute(query)}
 
+    @_translated
     def close(self) -> None:
         with contextlib.suppress(OutputError):  # a full disk: the next open merges `recent`
             self.merge()
@@ -243,40 +378,3 @@ class Writer:
         else:
             if not flushed.done():  # cancelled: the run is ending, the answers are stored
                 flushed.set_result(None)
-
-
-class Lock:
-    """An exclusive lock beside the store; the OS frees it if the run is killed."""
-
-    def __init__(self, store_path: Path) -> None:
-        self.path = store_path.with_name(store_path.name + ".lock")
-        self._file: IO[str] | None = None
-
-    def __enter__(self) -> Lock:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            handle = self.path.open("a+")
-        except OSError as exc:
-            raise OutputError(f"cannot create the lock {self.path}: {exc.strerror or exc}") from exc
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise LockError(
-                f"another run ({holder}) is using the store {self.path.with_suffix('')}; "
-                "wait for it to finish"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}")
-        handle.flush()
-        self._file = handle
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._file is not None:
-            fcntl.flock(self._file, fcntl.LOCK_UN)
-            self._file.close()
-            self._file = None

@@ -122,7 +122,7 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path: Path, server: FakeS
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; from pipeline.store import Lock\n"
+            "import sys, time; from pathlib import Path; from pipeline.lock import Lock\n"
             "with Lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)",
             str(tmp_path / "out/store.db"),
         ],

@@ -244,7 +244,7 @@ def test_formats_nulls_skip_and_limit(tmp_path: Path, server: FakeServer):
 
 
 def test_a_second_run_on_the_same_store_exits_4(tmp_path: Path, server: FakeServer):
-    from pipeline.store import Lock
+    from pipeline.lock import Lock
 
     make_table(tmp_path, 2)
     config = write_config(tmp_path, server.base_url)

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from pipeline.errors import LockError, OutputError
+from pipeline.errors import LockError, OutputError, StoreError
+from pipeline.lock import Lock
 from pipeline.records import FAILED, OK, Result
-from pipeline.store import MIGRATIONS, Lock, Store, Writer
+from pipeline.salvage import check, salvage
+from pipeline.store import MIGRATIONS, Store, Writer
 
 
 @pytest.fixture
@@ -182,12 +186,14 @@ def test_unopenable_store_is_output_error(tmp_path: Path) -> None:
         Store(tmp_path)  # a directory, not a database file
 
 
-def test_file_that_is_not_a_database_is_output_error(tmp_path: Path) -> None:
+def test_file_that_is_not_a_database_is_a_damaged_store(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     path.write_bytes(b"this is not sqlite" * 100)
 
-    with pytest.raises(OutputError, match="cannot open store"):
+    with pytest.raises(StoreError) as caught:
         Store(path)
+    assert str(caught.value).startswith(f"the store {path} is damaged (file is not a database);")
+    assert "`pipeline store salvage CONFIG`" in str(caught.value)
 
 
 def test_failed_put_leaves_the_store_usable(store: Store) -> None:
@@ -196,6 +202,168 @@ def test_failed_put_leaves_the_store_usable(store: Store) -> None:
 
     store.put_many([ok("next")])
     assert store.lookup(["next", "huge"]) == {"next": ok("next")}
+
+
+def test_a_full_disk_is_an_output_error_not_a_damaged_store(store: Store) -> None:
+    store._db.execute("PRAGMA max_page_count = 20")  # as if the disk had room for 20 pages
+    with pytest.raises(OutputError, match=r"cannot write store .*full") as caught:
+        store.put_many([ok(f"k{i}", "x" * 4000) for i in range(40)])
+    assert not isinstance(caught.value, StoreError)
+    assert store.lookup(["k0"]) == {}
+
+
+def test_a_read_only_store_is_refused_when_it_opens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "s.db"
+    Store(path).close()
+
+    def read_only(path: Path) -> sqlite3.Connection:  # what SQLite does with a file it can't write
+        return sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+
+    monkeypatch.setattr("pipeline.store.connect", read_only)
+    with pytest.raises(StoreError) as caught:
+        Store(path)
+    assert str(caught.value).startswith(f"the store {path} is read-only: ")
+    assert str(caught.value).endswith("make it writable or set run.store to another path")
+
+
+def test_the_write_probe_leaves_nothing_behind(store: Store) -> None:
+    with contextlib.closing(sqlite3.connect(store.path)) as db:
+        assert db.execute("SELECT count(*) FROM recent").fetchone() == (0,)
+    assert store.counts() == {}
+
+
+# --- Damage and salvage ------------------------------------------------------------------
+
+
+def key(i: int) -> str:
+    return "r1:" + hashlib.sha256(str(i).encode()).hexdigest()
+
+
+def filled(path: Path, rows: int = 3000) -> list[Result]:
+    """A closed store of `rows` answers (long enough to span a few hundred pages)."""
+    results = [ok(key(i), f"answer {i} " + "x" * 300) for i in range(rows)]
+    store = Store(path)
+    store.put_many(results)
+    store.memo_put(b"d" * 32, "fingerprint", b"columns", rows, 0)
+    store.close()
+    return results
+
+
+def pages_of(path: Path, table: str, *, leaves_only: bool = False) -> list[int]:
+    """The page numbers of `table`'s b-tree, in file order (from SQLite's dbstat table)."""
+    query = "SELECT pageno FROM dbstat WHERE name = ?" + (" AND pagetype = 'leaf'" * leaves_only)
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        try:
+            found = db.execute(query, (table,)).fetchall()
+        except sqlite3.OperationalError:
+            pytest.skip("this SQLite has no dbstat table to find a table's pages with")
+    return sorted(page for (page,) in found)
+
+
+def corrupt(path: Path, pages: list[int]) -> None:
+    """Overwrite whole pages with bytes SQLite cannot read, as a failing disk might."""
+    assert not path.with_name(path.name + "-wal").exists()  # every page is in the file
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        size = int(db.execute("PRAGMA page_size").fetchone()[0])
+    with path.open("r+b") as file:
+        for page in pages:
+            file.seek((page - 1) * size)
+            file.write(bytes(range(256)) * (size // 256))
+
+
+def middle_leaves(path: Path, n: int) -> list[int]:
+    leaves = pages_of(path, "responses", leaves_only=True)
+    return leaves[len(leaves) // 2 : len(leaves) // 2 + n]
+
+
+def test_corrupt_pages_are_a_store_error_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    results = filled(path)
+    corrupt(path, middle_leaves(path, 3))
+
+    store = Store(path)  # the pages it reads on opening are sound
+    try:
+        with pytest.raises(StoreError) as caught:
+            store.lookup(r.key for r in results)
+        assert str(caught.value).startswith(f"the store {path} is damaged (")
+        assert "`pipeline store check CONFIG` shows what is wrong" in str(caught.value)
+        with pytest.raises(StoreError, match="is damaged"):
+            store.counts()
+        assert store.check()
+    finally:
+        store.close()
+
+
+def test_check_finds_a_sound_store_sound(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    filled(path, 10)
+    store = Store(path)
+    try:
+        assert store.check() == []
+        store.put_many([ok(key(1), "later"), ok("new")])  # in `recent`, counted once each
+        assert check(path).problems == () and check(path).answers == 11
+    finally:
+        store.close()
+
+
+def test_check_reports_damage_without_opening_the_store(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    filled(path)
+    corrupt(path, middle_leaves(path, 2))
+    assert check(path).problems
+    path.write_bytes(b"not sqlite" * 500)
+    assert check(path).problems == ("file is not a database",)
+    with pytest.raises(StoreError, match="there is no store at"):
+        check(tmp_path / "missing.db")
+
+
+def test_salvage_keeps_every_readable_answer_and_the_later_one(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    results = filled(path)
+    corrupt(path, middle_leaves(path, 4))
+    killed = Store(path)  # answers of a run killed before they moved to `responses`
+    killed.put_many([ok(key(i), "later") for i in range(0, 3000, 10)])
+    killed.close()  # merging fails on the damage: the answers stay in `recent`
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT count(*) FROM recent").fetchone() == (300,)
+    when = time.time()
+
+    done = salvage(path, now=lambda: when)
+
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(when))
+    assert done.damaged == tmp_path / f"s.db.damaged-{stamp}" and done.damaged.is_file()
+    assert done.skipped >= 1
+    store = Store(path)
+    try:
+        assert store.check() == []
+        found = store.lookup(r.key for r in results)
+        assert len(found) == done.kept and 3000 - 60 < done.kept < 3000  # 4 pages, no more
+        for i, result in enumerate(results):
+            if result.key in found:
+                expected = ok(key(i), "later") if i % 10 == 0 else result
+                assert found[result.key] == expected
+        assert all(found[key(i)].answer == "later" for i in range(0, 3000, 10))
+        assert store.memo_counts(b"d" * 32) is None  # a cache: not copied
+    finally:
+        store.close()
+
+
+def test_salvage_of_a_file_that_is_not_a_database_leaves_an_empty_store(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    path.write_bytes(b"not sqlite" * 500)
+    done = salvage(path)
+    assert done.kept == 0 and done.damaged.read_bytes() == b"not sqlite" * 500
+    assert check(path).problems == () and check(path).answers == 0
+
+
+def test_salvage_while_the_store_is_locked_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    filled(path, 10)
+    with Lock(path), pytest.raises(LockError):
+        salvage(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.db", "s.db.lock"]
 
 
 # --- Writer ------------------------------------------------------------------------------
@@ -366,7 +534,7 @@ def test_lock_held_by_another_process_is_refused(tmp_path: Path) -> None:
         "import sys\n"
         "from pathlib import Path\n"
         "from pipeline.errors import LockError\n"
-        "from pipeline.store import Lock\n"
+        "from pipeline.lock import Lock\n"
         "try:\n"
         "    Lock(Path(sys.argv[1])).__enter__()\n"
         "except LockError as exc:\n"

@@ -1,0 +1,191 @@
+"""The commands that send no chat request: preview, validate, status, models, store.
+
+Each takes the parsed arguments and returns an exit code; errors rise to `cli.main`, which
+turns them into one line on stderr and the exit code the README's table gives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from .catalog import Catalog, check_model, check_params, model_id, price
+from .checks import api_key, check_output, check_writable_folder
+from .config import DEFAULT_BASE_URL, DEFAULT_KEY_ENV, Config, load
+from .errors import CatalogUnavailable, InputError, PipelineError, RunStopped, StoreError
+from .plan import make_plan
+from .salvage import check, salvage
+from .summary import EXIT_OK, EXIT_USAGE
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load(args.config, args.overrides)
+
+
+def _cost(config: Config, prompt: int, completion: int, found: dict[str, Any] | None) -> Any:
+    known = price(config.model, found)
+    return None if known is None else round(known.cost(prompt, completion), 10)
+
+
+def _lookup_model(config: Config) -> dict[str, Any] | None:
+    """The model object, when the endpoint serves one and answers (used for prices)."""
+    if config.model.pricing is not None or not config.model.preflight:
+        return None
+    try:
+        return check_model(config.model, api_key_or_none(config)).model
+    except RunStopped:
+        return None
+
+
+def api_key_or_none(config: Config) -> str | None:
+    try:
+        return api_key(config)
+    except PipelineError:
+        return None
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    config = _config(args)
+    plan = make_plan(config, limit=args.limit, show=args.n)
+    found = _lookup_model(config)
+    cost = _cost(config, plan.to_send_prompt_tokens, plan.to_send_completion_tokens, found)
+    report = {
+        "requests": plan.first,
+        "rows": plan.rows,
+        "skipped": plan.skipped,
+        "unique_requests": plan.unique_requests,
+        "already_answered": plan.done,
+        "to_send": plan.to_send,
+        "estimated_tokens": plan.estimated_tokens,
+        "estimated_prompt_tokens_to_send": plan.to_send_prompt_tokens,
+        "max_completion_tokens_to_send": plan.to_send_completion_tokens,
+        "estimated_cost_usd": cost,  # null: no pricing known
+        "url": config.model.base_url.rstrip("/") + "/chat/completions",
+    }
+    print(json.dumps(report, indent=2, ensure_ascii=False))
+    return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    config = _config(args)
+    plan = make_plan(config, show=0)  # opens the store: a damaged or read-only one is named
+    check_output(config.output.path)
+    if not config.store_path.exists():
+        check_writable_folder(config.store_path.parent, "run.store")
+    elif damage := check(config.store_path).problems:
+        raise StoreError(
+            f"the store {config.store_path} is damaged ({damage[0]}); `pipeline store "
+            f"salvage {args.config}` copies every readable answer into a fresh store"
+        )
+    key = api_key(config)
+    if plan.row_errors and plan.row_errors == plan.rows:
+        raise InputError(
+            f"the prompt fails on every row ({plan.rows} of {plan.rows}); {plan.first_error}"
+        )
+    print(
+        f"ok: {plan.rows} rows, {plan.unique_requests} unique requests, "
+        f"{plan.skipped} skipped; output {config.output.path}, store {config.store_path}"
+    )
+    if plan.row_errors:
+        print(
+            f"warning: the prompt fails on {plan.row_errors} of {plan.rows} rows, which a run "
+            f"records as failed; first, {plan.first_error}"
+        )
+    checked = check_model(config.model, key)
+    if checked.note:
+        print(f"model: {checked.note}")
+    if checked.model is not None:
+        problems = check_params(dict(config.model.params), checked.model)
+        if problems:
+            raise PipelineError("; ".join(problems))
+        print(f"model: '{config.model.name}' is served and accepts model.params")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config = _config(args)
+    plan = make_plan(config, limit=args.limit, show=0, counts_only=True)
+    report = {
+        "rows": plan.rows,
+        "done": plan.done,
+        "failed": plan.failed,
+        "pending": plan.pending,
+        "skipped": plan.skipped + plan.row_errors,
+        "store": str(config.store_path),
+    }
+    print(json.dumps(report, indent=2))
+    return EXIT_OK
+
+
+def _catalog(args: argparse.Namespace) -> Catalog:
+    base_url, key_env = DEFAULT_BASE_URL, DEFAULT_KEY_ENV
+    if args.config:
+        config = load(args.config)
+        base_url, key_env = config.model.base_url, config.model.api_key_env
+    base_url = args.base_url or base_url
+    key_env = args.api_key_env or key_env
+    return Catalog(base_url, os.environ.get(key_env) or None)
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    catalog = _catalog(args)
+    try:
+        models = catalog.list()
+    except CatalogUnavailable as exc:
+        raise PipelineError(f"cannot list models: {exc}") from None
+    finally:
+        catalog.close()
+    if models is None:
+        raise PipelineError("the endpoint serves no model list (GET /models answered 404)")
+    for item in models:
+        name = model_id(item)
+        if not args.search or args.search.lower() in name.lower():
+            print(name)
+    return EXIT_OK
+
+
+def cmd_models_show(args: argparse.Namespace) -> int:
+    catalog = _catalog(args)
+    try:
+        found = catalog.show(args.model_id)
+    except CatalogUnavailable as exc:
+        raise PipelineError(f"cannot read model '{args.model_id}': {exc}") from None
+    finally:
+        catalog.close()
+    if found is None:
+        raise RunStopped(f"the endpoint has no model '{args.model_id}'")
+    print(json.dumps(found, indent=2, ensure_ascii=False))
+    return EXIT_OK
+
+
+def cmd_store_check(args: argparse.Namespace) -> int:
+    path = _config(args).store_path
+    health = check(path)
+    if not health.problems:
+        print(f"ok: {path}, {health.answers} answers stored")
+        return EXIT_OK
+    print(f"damaged: {path}")
+    for problem in health.problems:
+        print(f"  {problem}")
+    print(
+        f"`pipeline store salvage {args.config}` copies every readable answer into a fresh store",
+        file=sys.stderr,
+    )
+    return EXIT_USAGE
+
+
+def cmd_store_salvage(args: argparse.Namespace) -> int:
+    path = _config(args).store_path
+    done = salvage(path)
+    print(f"kept {done.kept} answers in a fresh store at {path}")
+    print(f"the damaged file is now {done.damaged}")
+    if done.skipped:
+        stretches = "stretch" if done.skipped == 1 else "stretches"
+        print(
+            f"skipped {done.skipped} unreadable {stretches}; "
+            "the next run sends the requests whose answers were there"
+        )
+    return EXIT_OK
