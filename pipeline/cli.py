@@ -98,17 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
             epilog=epilog,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        sub.set_defaults(handler=handler)
-        sub.add_argument("config", help="the job's YAML config file")
-        sub.add_argument(
-            "--set",
-            dest="overrides",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="override a config key, e.g. --set run.concurrency=8 (repeatable)",
-        )
-        sub.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+        _config_arguments(sub, handler)
         return sub
 
     sub = command("run", "send one request per row and write the output", cmd_run, EPILOG)
@@ -305,7 +295,7 @@ STORE_EPILOG = """exit codes:
 
 
 def _config_arguments(sub: argparse.ArgumentParser, handler: Handler) -> None:
-    """The arguments of a command over one job: CONFIG, --set and -v (as `command` adds)."""
+    """The arguments of a command over one job: CONFIG, --set and -v."""
     sub.set_defaults(handler=handler)
     sub.add_argument("config", help="the job's YAML config file")
     sub.add_argument(
@@ -314,6 +304,6 @@ def _config_arguments(sub: argparse.ArgumentParser, handler: Handler) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config key, e.g. --set run.store=other.db (repeatable)",
+        help="override a config key, e.g. --set run.concurrency=8 (repeatable)",
     )
     sub.add_argument("-v", "--verbose", action="store_true", help="log debug details")
