@@ -106,9 +106,16 @@ class Breaker:
             self._probing = False
             self._wake()
 
-    def record(self, error: RequestError | None, *, probe: bool = False) -> bool:
+    def record(
+        self, error: RequestError | None, *, probe: bool = False, before: str | None = None
+    ) -> bool:
         """Count one attempt's outcome (None: answered); True: sending is paused, so the
-        caller waits for the endpoint (`admit`) instead of spending one of the row's retries."""
+        caller waits for the endpoint (`admit`) instead of spending one of the row's retries.
+
+        `before`: the error this row got in an earlier run. A row that fails again the same
+        way says nothing new about the endpoint, so it does not count towards a stop: else
+        a few rows that always fail, sent first on every rerun, would stop every rerun
+        before the new rows."""
         if probe:
             self.abandon_probe()
         if error is not None and is_outage(error):
@@ -123,7 +130,11 @@ class Breaker:
             self._wake()
         if error is None:
             self._rejections = 0
-        elif isinstance(error, FatalRequestError) and not isinstance(error, AuthError):
+        elif (
+            isinstance(error, FatalRequestError)
+            and not isinstance(error, AuthError)
+            and str(error) != before
+        ):
             self._count_rejection(error)
         return False
 

@@ -31,7 +31,7 @@ from .render import Renderer
 from .sender import Sender
 from .store import Store, Writer
 from .summary import Summary
-from .triage import Work, triage
+from .triage import Stored, Work, triage
 
 
 @dataclass
@@ -129,11 +129,12 @@ class Job:
             if key is not None:
                 rows[key] = rows.get(key, 0) + 1
         fresh = [k for k in unique if k not in self.pool and k not in self._failed]
-        stored = {
-            k: self.reasker.from_store(k, r)
-            for k, r in self.store.lookup(fresh, with_raw=False).items()
-            if r.status == OK
-        }
+        stored: dict[str, Stored] = {}
+        for key, found in self.store.lookup(fresh, with_raw=False).items():
+            if found.status == OK:
+                stored[key] = self.reasker.from_store(key, found)
+            elif found.status == FAILED:
+                unique[key].failed_before = found.error
         sending = not self.offline and self.sender.stop_reason is None
         plan = triage(unique, stored, self._failed, self.pool, sending=sending)
         chunk = Chunk(frame, keys, row_errors, plan.settled, digest=digest)

@@ -21,6 +21,7 @@ class Request:
     key: str
     payload: bytes  # the body as canonical JSON: sent as is, and hashed into the key
     est_tokens: int
+    failed_before: str | None = None  # the error the store holds from an earlier run
 
     @property
     def body(self) -> dict[str, Any]:

@@ -141,7 +141,7 @@ class Sender:
                     raise _Stopped
                 completion = await self._send(request)
             except RequestError as exc:
-                held = self.breaker.record(exc, probe=probe)
+                held = self.breaker.record(exc, probe=probe, before=request.failed_before)
                 if self.breaker.reason is not None:
                     self.stop(self.breaker.reason)
                 if not held:

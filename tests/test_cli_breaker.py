@@ -77,3 +77,21 @@ def test_the_same_500_on_every_request_stops_with_the_same_error(tmp_path: Path)
         # A row may spend its 5 attempts before the 10th failure in a row pauses the run.
         assert ran.summary["pending"] + ran.summary["failed"] == ROWS
         assert ran.summary["pending"] >= ROWS - CONCURRENCY
+
+
+def test_rows_that_failed_before_do_not_stop_a_rerun_before_the_new_rows(tmp_path: Path) -> None:
+    """Six rows always refused with the same 400, first in the table: the first run stops
+    after five, as for a config error; the rerun sends them again but, failing as before,
+    they do not stop it, and the new rows are answered."""
+    texts = [f"bad-{i}" for i in range(6)] + [f"good-{i}" for i in range(6)]
+    pl.DataFrame({"id": range(12), "text": texts}).write_csv(tmp_path / "in.csv")
+    with FakeServer() as server:
+        server.script("bad", ["400"] * 100)
+        path = write_config(tmp_path, server.base_url, run={"concurrency": 1})
+        first = run_cli("run", str(path))
+        assert first.code == 3 and "same error" in first.stderr, first.stderr
+        assert first.summary["failed"] == 5 and first.summary["pending"] == 7
+        again = run_cli("run", str(path))
+        assert again.code == 1, again.stderr
+        assert again.summary["failed"] == 6 and again.summary["answered"] == 6
+        assert not again.summary["stopped"]
