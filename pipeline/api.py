@@ -10,10 +10,10 @@ from typing import Any, TypeVar
 
 import httpx
 import polars as pl
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from .checks import check_new_columns
-from .config import DEFAULT_MODEL, Config
+from .config import DEFAULT_MODEL, Config, ModelConfig, OutputConfig, PromptConfig, RunConfig
 from .errors import ConfigError
 from .render import Renderer
 from .runner import execute, log_run
@@ -22,21 +22,21 @@ from .summary import Summary
 T = TypeVar("T")
 
 DEFAULT_STORE = Path(".pipeline") / "map_rows.db"
+_FIXED = {"template", "name", "path", "column"}  # map_rows' own arguments and the frame
+
+
+def _keys(model: type[BaseModel]) -> tuple[str, ...]:
+    return tuple(
+        field.alias or name for name, field in model.model_fields.items() if name not in _FIXED
+    )
+
+
+# Every config key of these sections can be passed by name: the models are the one list.
 _SECTIONS = {
-    "prompt": ("system", "skip_null", "images", "image_roots", "image_max_mb"),
-    "model": ("base_url", "api_key_env", "params", "structured_output", "pricing", "preflight"),
-    "output": ("include_meta", "parse", "labels", "schema", "retry_invalid"),
-    "run": (
-        "concurrency",
-        "requests_per_minute",
-        "tokens_per_minute",
-        "max_retries",
-        "timeout_s",
-        "store",
-        "chunk_rows",
-        "max_cost_usd",
-        "fail_threshold",
-    ),
+    "prompt": _keys(PromptConfig),
+    "model": _keys(ModelConfig),
+    "output": _keys(OutputConfig),
+    "run": _keys(RunConfig),
 }
 
 

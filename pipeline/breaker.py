@@ -75,6 +75,16 @@ class Breaker:
     def paused(self) -> bool:
         return self._paused_at is not None
 
+    def waiting(self) -> str | None:
+        """The endpoint-down pause, for the progress display; None while sending flows."""
+        if self._paused_at is None or self.reason is not None or self._halted.is_set():
+            return None
+        down = self._clock() - self._paused_at
+        return (
+            f"endpoint down {down:.0f}s, probing {self.base_url} ({self._pause_probes} probes; "
+            f"gives up after {self.max_outage_s:g}s)"
+        )
+
     def halt(self) -> None:
         """The run stops sending, for whatever reason: wake every waiting or napping worker."""
         self._halted.set()

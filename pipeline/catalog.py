@@ -89,6 +89,16 @@ class Catalog:
             body = body["data"]
         return body if isinstance(body, dict) else None
 
+    def find(self, name: str) -> dict[str, Any] | None:
+        """The model from its own route, else its entry in the list; None: served by neither.
+
+        llama.cpp's server answers 404 to `GET /models/{id}` but lists its model.
+        """
+        found = self.show(name)
+        if found is not None:
+            return found
+        return next((item for item in self.list() or [] if model_id(item) == name), None)
+
 
 def model_id(item: dict[str, Any]) -> str:
     return str(item.get("id") or item.get("name") or "")

@@ -63,7 +63,27 @@ CHECK_EPILOG = """exit codes:
   130  interrupted (Ctrl-C)
 """
 
+STATUS_EPILOG = """prints one JSON object: rows, done, invalid (answered, but the answer does not
+parse under the current output settings), failed, pending, skipped (prompt.skip_null),
+row_errors (rows the template fails on) and first_row_error, the store, and last_run
+(date, command and exit_code of the run log's last line; null before the first run).
+
+exit codes:
+  0    nothing left to do: every row is done or skipped
+  1    rows are invalid, failed, pending or have row errors (run.fail_threshold is ignored)
+  2    config, input or store problem
+  6    internal error (a bug)
+  130  interrupted (Ctrl-C)
+"""
+
 Handler = Callable[[argparse.Namespace], int]
+MODELS_EPILOG = """exit codes:
+  0    the models (or the model) printed
+  2    the endpoint cannot be reached, or answered with an error
+  3    show: the endpoint does not serve that model
+  6    internal error (a bug)
+  130  interrupted (Ctrl-C)
+"""
 LIMIT_HELP = "only the first N rows, written beside the output as NAME.first-N.EXT"
 
 
@@ -114,7 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
         "check config, input, template, model and params; send no chat request",
         cmd_validate,
     )
-    sub = command("status", "count done, failed and pending rows from the store", cmd_status)
+    sub = command(
+        "status",
+        "count done, invalid, failed, pending and skipped rows from the store; send nothing",
+        cmd_status,
+        STATUS_EPILOG,
+    )
     sub.add_argument("--limit", type=_count, metavar="N", help="only the first N rows")
     sub = command(
         "reparse",
@@ -130,7 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
         ("list", "list the endpoint's models", cmd_models_list),
         ("show", "show one model object (pricing, request schema)", cmd_models_show),
     ):
-        sub = which.add_parser(name, help=help, description=help)
+        sub = which.add_parser(
+            name,
+            help=help,
+            description=help,
+            epilog=MODELS_EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         sub.set_defaults(handler=handler)
         if name == "show":
             sub.add_argument("model_id", help="the model's id")

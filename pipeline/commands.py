@@ -1,7 +1,7 @@
 """The commands that send no chat request: preview, validate, status, models, store.
 
 Each takes the parsed arguments and returns an exit code; errors rise to `cli.main`, which
-turns them into one line on stderr and the exit code the README's table gives.
+turns them into one line on stderr and the exit code each command's help lists.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from .catalog import Catalog, check_model, check_params, model_id, price
 from .checks import api_key, check_output, check_writable_folder
 from .config import DEFAULT_BASE_URL, DEFAULT_KEY_ENV, Config, load
 from .errors import CatalogUnavailable, InputError, PipelineError, RunStopped, StoreError
-from .plan import make_plan
+from .plan import last_run, make_plan
 from .salvage import check, salvage
-from .summary import EXIT_OK, EXIT_USAGE
+from .summary import EXIT_FAILED_ROWS, EXIT_OK, EXIT_USAGE
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -106,18 +106,24 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """Rows by state, and the last run; exit 1 while any row is left to do."""
     config = _config(args)
     plan = make_plan(config, limit=args.limit, show=0, counts_only=True)
     report = {
         "rows": plan.rows,
         "done": plan.done,
+        "invalid": plan.invalid,
         "failed": plan.failed,
         "pending": plan.pending,
-        "skipped": plan.skipped + plan.row_errors,
+        "skipped": plan.skipped,
+        "row_errors": plan.row_errors,  # rows the template fails on: a run records them failed
+        "first_row_error": plan.first_error,
         "store": str(config.store_path),
+        "last_run": last_run(config.store_path),  # null: no run logged
     }
-    print(json.dumps(report, indent=2))
-    return EXIT_OK
+    print(json.dumps(report, indent=2, ensure_ascii=False))
+    left = plan.invalid + plan.failed + plan.pending + plan.row_errors
+    return EXIT_FAILED_ROWS if left else EXIT_OK
 
 
 def _catalog(args: argparse.Namespace) -> Catalog:
@@ -150,13 +156,16 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 def cmd_models_show(args: argparse.Namespace) -> int:
     catalog = _catalog(args)
     try:
-        found = catalog.show(args.model_id)
+        found = catalog.find(args.model_id)
     except CatalogUnavailable as exc:
         raise PipelineError(f"cannot read model '{args.model_id}': {exc}") from None
     finally:
         catalog.close()
     if found is None:
-        raise RunStopped(f"the endpoint has no model '{args.model_id}'")
+        raise RunStopped(
+            f"the endpoint does not serve model '{args.model_id}' (neither GET /models/"
+            f"{args.model_id} nor GET /models has it); `pipeline models list` shows what it serves"
+        )
     print(json.dumps(found, indent=2, ensure_ascii=False))
     return EXIT_OK
 

@@ -26,7 +26,7 @@ from .memo import Memo
 from .parse import Parser
 from .progress import Progress
 from .reask import Reasker
-from .records import FAILED, OK, PENDING, SKIPPED, Request, Result
+from .records import FAILED, INVALID, OK, PENDING, SKIPPED, Request, Result
 from .render import Renderer
 from .sender import Sender
 from .store import Store, Writer
@@ -99,6 +99,7 @@ class Job:
         self.pool = Dispatcher(config.run.concurrency, self._handle, self._done)
         self._writer = Writer(store)
         self._failed: dict[str, Result] = {}  # failed in this run: not sent again in this run
+        self._settled: dict[str, int] = {}  # rows settled in chunks not finished, by status
         self.fatal: OutputError | None = None  # the store failed: the run must stop
 
     def start(self) -> None:
@@ -138,6 +139,11 @@ class Job:
         sending = not self.offline and self.sender.stop_reason is None
         plan = triage(unique, stored, self._failed, self.pool, sending=sending)
         chunk = Chunk(frame, keys, row_errors, plan.settled, digest=digest)
+        unkeyed = frame.height - sum(rows.values())
+        self._tally(FAILED, len(row_errors))
+        self._tally(SKIPPED, unkeyed - len(row_errors))
+        for key, result in plan.settled.items():
+            self._tally(result.status, rows[key])
         self.summary.from_store += sum(rows[k] for k in plan.from_store)
         for key in plan.join:
             chunk.waiting[key] = self.pool.join(key, rows[key])
@@ -171,6 +177,7 @@ class Job:
         )
         for status, count in counts.items():
             self.summary.count_many(status, count)
+            self._tally(OK if status == INVALID else status, -count)  # parsed: no longer live
         final = counts.get(OK, 0) + counts.get(SKIPPED, 0)
         if chunk.digest is not None and final == chunk.frame.height:
             new = answered.columns[chunk.frame.width :]
@@ -183,7 +190,14 @@ class Job:
         """One key's request (and re-asks) through the sender; a failing store stops the run."""
         request, first, prior = work
         try:
-            return await self.reasker.ask(request, first, prior, self.sender.send, self._writer.put)
+            if first or self.reasker.reasks:
+                return await self.reasker.ask(
+                    request, first, prior, self.sender.send, self._writer.put
+                )
+            sent = await self.sender.send(request)  # the common case, one coroutine less
+            if sent.status != PENDING:
+                await self._writer.put(sent)
+            return sent
         except OutputError as exc:
             self.sender.stop(str(exc))
             self.fatal = self.fatal or exc
@@ -192,15 +206,34 @@ class Job:
     def _done(self, result: Result, rows: int) -> None:
         if result.status == FAILED:
             self._failed[result.key] = result
+        self._tally(result.status, rows)
         self.progress.advance(rows)
 
+    def _tally(self, status: str, rows: int) -> None:
+        if rows:
+            self._settled[status] = self._settled.get(status, 0) + rows
+
     def stats(self) -> dict[str, Any]:
-        counters = self.sender.counters
-        stats: dict[str, Any] = {
-            "sent": counters.requests_sent,
-            "tokens": counters.prompt_tokens + counters.completion_tokens,
-            "failed": len(self._failed),
-        }
+        """The counts the progress display shows, read each time it redraws.
+
+        `ok` and `invalid` count parsed answers: the parser runs when a chunk is finished
+        (all its rows settled, in input order), so an answer received before then counts as
+        `unparsed`. `failed` counts rows when they fail (a request that gave up, a template
+        error), `skipped` and `pending` likewise, so
+        ok + invalid + unparsed + failed + skipped + pending = rows settled. `sent` counts
+        every request sent (re-asks and retries included), `retries` the retries of failures.
+        """
+        live, done, counters = self._settled, self.summary, self.sender.counters
+        stats: dict[str, Any] = {"ok": done.answered, "invalid": done.invalid}
+        if live.get(OK):
+            stats["unparsed"] = live[OK]
+        stats["failed"] = done.failed + live.get(FAILED, 0)
+        for status, before in ((SKIPPED, done.skipped), (PENDING, done.pending)):
+            if before + live.get(status, 0):
+                stats[status] = before + live.get(status, 0)
+        stats["sent"] = counters.requests_sent
+        stats["retries"] = counters.retries
+        stats["tokens"] = counters.prompt_tokens + counters.completion_tokens
         if self.sender.price is not None:
             stats["cost"] = f"${counters.cost_usd:.4f}"
         return stats

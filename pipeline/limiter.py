@@ -7,17 +7,23 @@ headers set or tighten the budgets and pause everyone when one runs out. A 429 p
 worker until `Retry-After` / `x-ratelimit-reset-*` (or a doubling pause when the server says
 nothing), lowers the rate, and the rate then climbs back. With no budget configured, the
 first 429 sets one from the rate that the server accepted: the limit is learned.
+A 429 pause logs one line when it begins and one when it ends, however many 429s it holds;
+`waiting` says what requests wait for, for the progress display.
 Clock and sleep are injected so tests run without waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
 from .ratelimit import Budget, RateHeaders
+
+log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -32,6 +38,7 @@ DEFAULT_PAUSE_S = 1.0  # pause after a 429 that names no wait; doubles while 429
 MAX_PAUSE_S = 4.0  # a probe every few seconds while the server keeps saying 429
 ACCEPTED_WINDOW_S = 10.0  # how far back the accepted rate is measured when learning
 MIN_ACCEPTED = 5  # fewer answers than this in the window: too little to learn a limit from
+BOOKED_NOTE_S = 1.0  # a budget booked this far ahead is what the run waits for: `waiting` says so
 
 
 class _Bucket:
@@ -77,6 +84,9 @@ class Limiter:
         self.rate_limited = 0
         self._learning = requests_per_minute is None
         self._accepted: deque[float] = deque()  # when answers arrived, while learning
+        self._pause_why = ""  # what the pause under way waits for, for `waiting`
+        self._pause_began: float | None = None  # when the 429 pause under way began
+        self._pause_429s = 0  # the 429s answered during it
 
     @property
     def requests_per_minute(self) -> float | None:
@@ -90,6 +100,8 @@ class Limiter:
             if now < self.paused_until:
                 await self._sleep(self.paused_until - now)
                 continue
+            if self._pause_began is not None:
+                self._end_pause(now)
             self._recover(now)
             start = now
             if self._requests is not None:
@@ -101,6 +113,20 @@ class Limiter:
             if self._clock() >= self.paused_until:
                 return max(start, now)
             # A 429 arrived while we waited: our slot is void, queue again after the pause.
+
+    def waiting(self) -> str | None:
+        """What requests wait for now, for the progress display; None: nothing worth saying."""
+        now = self._clock()
+        if now < self.paused_until:
+            left = math.ceil(self.paused_until - now)
+            return f"rate-limit pause, {left}s left ({self._pause_why})"
+        ahead, name = 0.0, ""
+        for label, bucket in (("requests/minute", self._requests), ("tokens/minute", self._tokens)):
+            if bucket is not None and bucket.tat - now > ahead:
+                ahead, name = bucket.tat - now, label
+        if ahead >= BOOKED_NOTE_S:
+            return f"{name} budget, sends booked {math.ceil(ahead)}s ahead"
+        return None
 
     def settle(self, estimated: int, actual: int) -> None:
         """An answer arrived: correct the token budget with its real usage."""
@@ -121,8 +147,8 @@ class Limiter:
         self._tokens = self._adopt(self._tokens, rate.tokens.limit, self._told[1])
         if self._requests is not None:
             self._learning = False
-        self._pause_for(rate.requests, self._clock())
-        self._pause_for(rate.tokens, self._clock())
+        self._pause_for(rate.requests, self._clock(), "requests")
+        self._pause_for(rate.tokens, self._clock(), "tokens")
 
     def _adopt(
         self, bucket: _Bucket | None, limit: float | None, told: float | None
@@ -135,13 +161,17 @@ class Limiter:
         bucket.per_minute = per_minute
         return bucket
 
-    def _pause_for(self, budget: Budget, now: float) -> None:
+    def _pause_for(self, budget: Budget, now: float, name: str) -> None:
         """None left: wait for one unit to free (the reset is when *all* of it is back)."""
         if budget.remaining is not None and budget.remaining < 1 and budget.limit:
             wait = 60.0 / budget.limit
             if budget.reset_s is not None:
                 wait = min(wait, budget.reset_s)
-            self.paused_until = max(self.paused_until, now + wait)
+            self._pause_until(now + wait, f"the server's {name} budget is spent")
+
+    def _pause_until(self, until: float, why: str) -> None:
+        if until > self.paused_until:
+            self.paused_until, self._pause_why = until, why
 
     def rate_limited_by_server(
         self,
@@ -153,6 +183,7 @@ class Limiter:
         """A 429: pause everyone and, once per burst, lower the rate."""
         now = self._clock()
         self.rate_limited += 1
+        self._end_pause(now)  # the last pause ran out while no request was waiting to notice
         # A 429 for a request sent before the last cut was caused by the old rate.
         new_burst = (
             sent_at > self._last_change if sent_at is not None else now - self._last_change > 1.0
@@ -164,7 +195,13 @@ class Limiter:
                 self._burst_pause = self._pause_s
                 self._pause_s = min(MAX_PAUSE_S, self._pause_s * 2)
             wait = self._burst_pause
-        self.paused_until = max(self.paused_until, now + wait)
+            why = "429 without retry-after"
+        elif retry_after is not None:
+            why = f"429, retry-after {retry_after:g}s"
+        else:
+            why = f"429, x-ratelimit-reset {wait:g}s"
+        self._pause_until(now + wait, why)
+        self._begin_pause(now, why)
         self.observe(rate)
         if not new_burst:
             return
@@ -186,6 +223,23 @@ class Limiter:
                 return
         cut = BACKOFF_FACTOR if self._learning else KNOWN_BACKOFF_FACTOR
         self.factor = max(0.05, self.factor * cut)
+
+    def _begin_pause(self, now: float, why: str) -> None:
+        """Log a 429 pause once, when it begins; later 429s only join it."""
+        self._pause_429s += 1
+        if self._pause_began is None:
+            self._pause_began, self._pause_429s = now, 1
+            wait = round(self.paused_until - now, 1)
+            log.info("the server answered %s: every request waits %gs", why, wait)
+
+    def _end_pause(self, now: float) -> None:
+        if self._pause_began is not None and now >= self.paused_until:
+            log.info(
+                "rate-limit pause over after %.0fs (429 answers during it: %d): sending resumes",
+                now - self._pause_began,
+                self._pause_429s,
+            )
+            self._pause_began = None
 
     def _accepted_since(self, since: float) -> int:
         while self._accepted and self._accepted[0] < since:

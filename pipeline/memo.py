@@ -23,7 +23,7 @@ import polars as pl
 from .config import Config
 from .store import Store
 
-MEMO_VERSION = 1
+MEMO_VERSION = 2  # 2: null cells reach Jinja as None
 _SEEDS = (0, 0x5EED_CAFE)  # two 64-bit row hashes: 128 bits per row
 
 

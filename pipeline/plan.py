@@ -1,12 +1,17 @@
 """Look before sending: render requests and check them against the store, send nothing.
 
 Backs `pipeline preview` (the first requests, row, token and cost estimates) and
-`pipeline status` (done / failed / pending / skipped rows by what the store holds).
+`pipeline status` (done / invalid / failed / pending / skipped rows by what the store
+holds, and the last run in the run log).
 """
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -14,10 +19,13 @@ import polars as pl
 from .config import Config
 from .job import render_rows
 from .memo import Memo
-from .records import FAILED, OK
+from .parse import Parser
+from .reask import Reasker, is_valid
+from .records import FAILED, OK, Result
 from .render import completion_reserve
 from .runner import open_input
 from .store import Store
+from .summary import run_log_path
 
 
 @dataclass
@@ -30,6 +38,7 @@ class Plan:
     first_error: str | None = None  # the first of them: "row N: error"
     unique_requests: int = 0
     done: int = 0
+    invalid: int = 0  # answered, but not parsed by the output settings (`counts_only` only)
     failed: int = 0
     pending: int = 0
     estimated_tokens: int = 0
@@ -47,7 +56,8 @@ def make_plan(
     Each distinct request is kept as 17 bytes (a 64-bit prefix of its key, its token
     estimate, whether it is answered), not as its key: 10 M of them take about 170 MB.
     `counts_only` (for `status`): rows by state only, so a chunk the memo holds is counted
-    without rendering it, and no request is kept.
+    without rendering it, and no request is kept; answers that do not parse (after their
+    stored re-asks) count as invalid rather than done.
     """
     opened = open_input(config, limit)
     plan = Plan()
@@ -55,6 +65,7 @@ def make_plan(
     memo = (
         Memo(store, config, opened.renderer.columns) if store is not None and counts_only else None
     )
+    invalid = _invalid_keys(config, store) if store is not None and counts_only else None
     distinct: list[pl.DataFrame] = []  # per chunk, its distinct requests
     try:
         for frame in opened.source.chunks(config.run.chunk_rows):
@@ -69,6 +80,7 @@ def make_plan(
             plan.skipped += requests.count(None) - len(errors)
             keys = {r.key for r in requests if r is not None}
             stored = store.lookup(keys, with_raw=False) if store is not None else {}
+            unparsed = invalid(stored) if invalid is not None else set()
             firsts: dict[str, tuple[int, bool]] = {}
             for request in requests:
                 if request is None:
@@ -77,7 +89,9 @@ def make_plan(
                     plan.first.append({"key": request.key, "body": request.body})
                 plan.estimated_tokens += request.est_tokens
                 status = stored[request.key].status if request.key in stored else None
-                if status == OK:
+                if status == OK and request.key in unparsed:
+                    plan.invalid += 1
+                elif status == OK:
                     plan.done += 1
                 elif status == FAILED:
                     plan.failed += 1
@@ -139,3 +153,37 @@ def _count_memoised(memo: Memo, frame: pl.DataFrame, plan: Plan) -> bool:
     plan.done += ok
     plan.skipped += skipped
     return True
+
+
+def _invalid_keys(config: Config, store: Store) -> Callable[[dict[str, Result]], set[str]]:
+    """The keys of a chunk's stored answers that do not parse, nor their last stored re-ask."""
+    parser = Parser(config.output)
+    reasker = Reasker(parser, config.output.retry_invalid, store)
+
+    def invalid(stored: dict[str, Result]) -> set[str]:
+        found = set()
+        for key, result in stored.items():
+            if result.status == OK and not is_valid(parser, reasker.from_store(key, result)[0]):
+                found.add(key)
+        return found
+
+    return invalid
+
+
+def last_run(store: Path) -> dict[str, Any] | None:
+    """The date, command and exit code of the run log's last line; None: no run logged."""
+    try:
+        with run_log_path(store).open("rb") as log:
+            size = log.seek(0, os.SEEK_END)
+            log.seek(max(0, size - 65_536))  # a line is well under 64 KiB
+            tail = log.read()
+    except FileNotFoundError:
+        return None
+    for line in reversed(tail.splitlines()):
+        try:
+            entry = json.loads(line)
+        except ValueError:  # a line cut short by a kill, or the cut start of the tail
+            continue
+        if isinstance(entry, dict):
+            return {name: entry.get(name) for name in ("date", "command", "exit_code")}
+    return None

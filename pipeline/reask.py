@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from .parse import Parser
-from .records import FAILED, OK, PENDING, Request, Result
+from .records import FAILED, OK, Request, Result
 from .render import reask_key
 from .store import Store
 
@@ -49,11 +49,6 @@ class Reasker:
         self, request: Request, first: int, prior: Result | None, send: Send, keep: Keep
     ) -> Result:
         """Send `request` from its `first` re-ask on, keeping each answer; the row's result."""
-        if first == 0 and not self.reasks:  # the common case: one answer, stored
-            sent = await send(request)
-            if sent.status != PENDING:
-                await keep(sent)
-            return sent
         result = prior
         for attempt in range(first, self.reasks + 1):
             if result is not None and (result.status != OK or is_valid(self.parser, result)):

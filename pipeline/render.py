@@ -131,9 +131,17 @@ class _Text:
         self.constant = self._parts is not None and not any(n for n, _ in self._parts)
 
     def render(self, values: Mapping[str, Any]) -> str:
+        """The text; a null value prints as empty text on both paths."""
         if self._format is None:
             return self._template.render(values)
+        if None in values.values():
+            values = {name: "" if value is None else value for name, value in values.items()}
         return self._format.format_map(values)
+
+
+def _finalize(value: Any) -> Any:
+    """What `{{ ... }}` prints: a null cell is empty text (tests and filters still see None)."""
+    return "" if value is None else value
 
 
 class Renderer:
@@ -147,7 +155,9 @@ class Renderer:
         output: OutputConfig | None = None,
         image_base: Path = Path(),
     ) -> None:
-        env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+        env = jinja2.Environment(
+            undefined=jinja2.StrictUndefined, keep_trailing_newline=True, finalize=_finalize
+        )
         columns = list(columns)
         self._labels = Labels(output.labels or []) if output is not None else Labels()
         try:
@@ -198,7 +208,7 @@ class Renderer:
         for name in self.skip_null:
             if row.get(name) is None:
                 return None
-        values = {n: "" if (v := row.get(n)) is None else v for n in self.variables}
+        values = {n: row.get(n) for n in self.variables}  # None stays None: `is none`
         if self._labels:
             values["labels"] = self._labels
         system = None

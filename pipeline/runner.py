@@ -64,7 +64,7 @@ class OpenedInput:
 
 def open_input(config: Config, limit: int | None = None) -> OpenedInput:
     """Read the input's schema and check the template and output columns against it."""
-    source = Source(config.input.path, limit)
+    source = Source(config.input.path, limit, config.input)
     renderer = Renderer(
         config.prompt, config.model, source.columns, config.output, config.input.path.parent
     )
@@ -214,7 +214,7 @@ async def execute(
                 async with contextlib.AsyncExitStack() as stack:
                     if client is not None:
                         await stack.enter_async_context(client)
-                    progress.start(total, job.stats)
+                    progress.start(total, job.stats, sender.waiting)
                     stack.callback(progress.close)
                     job.start()
                     stack.push_async_callback(job.close)

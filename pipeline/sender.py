@@ -67,6 +67,18 @@ class Sender:
             config.model.base_url, config.run.max_outage_s, clock=clock, sleep=sleep
         )
         self._auth_failures = 0
+        self._backing_off = 0  # requests sleeping before their next retry
+
+    def waiting(self) -> str | None:
+        """What sending waits for now (endpoint down, rate limit, retry backoff); None: nothing.
+
+        Read by the progress display when it redraws.
+        """
+        reasons = [self.breaker.waiting(), self._limiter.waiting()]
+        if self._backing_off:
+            plural = "s" if self._backing_off > 1 else ""
+            reasons.append(f"{self._backing_off} request{plural} waiting to retry")
+        return "; ".join(r for r in reasons if r) or None
 
     def stop(self, reason: str) -> None:
         """Stop sending: rows not answered yet end pending, and waiting workers wake now."""
@@ -118,7 +130,7 @@ class Sender:
         from .retry import policy  # tenacity is imported only when a request fails
 
         failure: RetryableError | None = first
-        async for attempt in policy(self._config.run.max_retries, sleep=self.breaker.nap):
+        async for attempt in policy(self._config.run.max_retries, sleep=self._backoff):
             with attempt:
                 if failure is not None:
                     replay, failure = failure, None
@@ -129,6 +141,14 @@ class Sender:
                 self.counters.retries += 1
                 return await self._attempt(request)
         raise AssertionError("the retry policy re-raises the last error")
+
+    async def _backoff(self, seconds: float) -> None:
+        """The retry policy's sleep: the breaker's nap, counted for `waiting`."""
+        self._backing_off += 1
+        try:
+            await self.breaker.nap(seconds)
+        finally:
+            self._backing_off -= 1
 
     async def _attempt(self, request: Request) -> Completion:
         """One attempt; while the breaker holds sending, a failure waits, not a retry."""

@@ -4,7 +4,8 @@ Each scenario starts its own mock (`scripts/bench_server.py`, pinned to CPU 1) o
 of 127.0.0.1, runs a client pinned to CPU 0 (the real CLI, or a raw reference loop from
 `scripts/bench_raw.py`), stops the mock and reads its stats. CPU time and peak RSS of a
 client come from `os.wait4`. One Markdown table and the targets (PASS/MISS) are printed at
-the end.
+the end; a full run (no --quick, --only, --s5-sizes or --s5-resume-rows) also writes them,
+with the run's conditions, into docs/performance.md between its markers.
 
     python scripts/bench.py [--quick] [--only S1,S3] [--repeat 3] [--json PATH]
                             [--s5-sizes 100000,1000000] [--s5-resume-rows N] [--workdir DIR]
@@ -24,6 +25,7 @@ import argparse
 import hashlib
 import json
 import os
+import platform
 import signal
 import sqlite3
 import subprocess
@@ -31,7 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -964,6 +966,107 @@ def report(bench: Bench) -> str:
     return "\n".join(out)
 
 
+# --- docs/performance.md -----------------------------------------------------------------
+# A full run (every scenario at full size) writes its results between these markers; the
+# rest of the page is prose kept by hand. Partial runs leave the page alone.
+
+DOCS = ROOT / "docs" / "performance.md"
+DOCS_START = "<!-- bench:start (written by `make bench`: scripts/bench.py; do not edit) -->"
+DOCS_END = "<!-- bench:end -->"
+DOCS_HEADER = (
+    "| scenario | client | rows | rows/s | CPU-s / 1k rows | peak RSS MB | % of limit | 429s "
+    "| lost | twice | wrong |"
+)
+DOCS_ALIGN = "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+
+
+def docs_cell(value: float | int | None, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
+def docs_line(line: Line) -> str:
+    """One results line as docs/performance.md shows it: blank where nothing was measured."""
+    cells = [
+        line.scenario,
+        line.client,
+        f"{line.rows:,}",
+        docs_cell(line.rows_s, ",.0f"),
+        docs_cell(line.cpu_1k, ".3f"),
+        docs_cell(line.rss_mb, ".0f"),
+        "" if line.pct_limit is None else f"{line.pct_limit:.1f} %",
+        docs_cell(line.r429, "d"),
+        docs_cell(line.lost, "d"),
+        docs_cell(line.twice, "d"),
+        docs_cell(line.wrong, "d"),
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def docs_block(lines: list[Line], verdicts: list[Verdict], conditions: list[str]) -> str:
+    """The generated part of docs/performance.md: conditions, results, targets, notes."""
+    out = [DOCS_START, "", "Conditions of this run:", ""]
+    out += [f"- {item}" for item in conditions]
+    out += ["", DOCS_HEADER, DOCS_ALIGN]
+    out += [docs_line(line) for line in lines]
+    out += ["", "| scenario | target | measured | result |", "|---|---|---|---|"]
+    out += [
+        f"| {v.scenario} | {v.target} | {v.measured} | {'PASS' if v.passed else 'MISS'} |"
+        for v in verdicts
+    ]
+    noted = [line for line in lines if line.notes]
+    if noted:
+        out += ["", "Notes per line:", ""]
+        out += [
+            f"- {line.scenario}, {line.client}, {line.rows:,} rows: {'; '.join(line.notes)}"
+            for line in noted
+        ]
+    out += ["", DOCS_END]
+    return "\n".join(out)
+
+
+def replace_block(page: str, block: str) -> str:
+    """`page` with the text between the markers (markers included) replaced by `block`."""
+    start, end = page.find(DOCS_START), page.find(DOCS_END)
+    if start < 0 or end < start:
+        return page.rstrip("\n") + "\n\n" + block + "\n"
+    return page[:start] + block + page[end + len(DOCS_END) :]
+
+
+def write_docs(block: str, path: Path = DOCS) -> None:
+    """Put `block` into the page at `path` between the markers, whole or not at all."""
+    page = path.read_text(encoding="utf-8") if path.exists() else "# Performance\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(replace_block(page, block), encoding="utf-8")
+    tmp.replace(path)
+
+
+def full_run(args: argparse.Namespace) -> bool:
+    """Every scenario at its full size: the run docs/performance.md reports."""
+    return not (args.only or args.quick or args.s5_sizes or args.s5_resume_rows)
+
+
+def run_conditions(bench: Bench, argv: list[str], seconds: float) -> list[str]:
+    """What the figures depend on: the command, the code, the machine, the date."""
+    changed = pipeline_fingerprint() != bench.fingerprint
+    cpu = "unknown CPU"
+    with suppress(OSError):
+        for text in Path("/proc/cpuinfo").read_text().splitlines():
+            if text.startswith("model name"):
+                cpu = text.partition(":")[2].strip()
+                break
+    return [
+        f"command: `{' '.join(['python scripts/bench.py', *argv])}`",
+        f"code: pipeline {bench.version} (pipeline/*.py {bench.fingerprint}"
+        + (", CHANGED during the run)" if changed else ")"),
+        f"machine: {os.cpu_count()} CPUs ({cpu}), {platform.platform()}; client pinned to "
+        f"CPU {CLIENT_CPU}, mock server to CPU 1; Python {platform.python_version()}, "
+        f"polars {pl.__version__}",
+        f"when: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, every line from this one "
+        f"run ({seconds / 60:.0f} minutes)",
+    ]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=(__doc__ or "").splitlines()[0],
@@ -1022,7 +1125,14 @@ def main(argv: list[str] | None = None) -> int:
                 getattr(bench, scenario.lower())()
         table = report(bench)
         print(table)
-        bench.log(f"done in {time.monotonic() - started:.0f} s")
+        seconds = time.monotonic() - started
+        bench.log(f"done in {seconds:.0f} s")
+        if full_run(args):
+            conditions = run_conditions(bench, sys.argv[1:] if argv is None else argv, seconds)
+            write_docs(docs_block(bench.lines, bench.verdicts, conditions))
+            bench.log(f"wrote the results into {DOCS.relative_to(ROOT)}")
+        else:
+            bench.log(f"{DOCS.relative_to(ROOT)} left as it was: not a full run")
         if args.json:
             data = {
                 "version": bench.version,

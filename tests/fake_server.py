@@ -2,10 +2,11 @@
 
 It runs in a background thread of the test process; the CLI under test runs as a subprocess
 and talks to it over real HTTP. Tests script failures per prompt (`script`) or for every
-request (`always`), or make it go down after some requests (`down_after`), and inspect what
+request (`always`), draw them at random rates (`error_rate`, `rate_limit_rate`,
+`truncate_rate`), or make it go down after some requests (`down_after`), and inspect what
 arrived (`requests`, `headers`).
 
-Run `python tests/fake_server.py --port N [--latency S]` to serve in the foreground.
+Run `python tests/fake_server.py --help` to serve in the foreground, with the same behaviours.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import contextlib
 import copy
 import json
+import random
 import socket
 import sys
 import threading
@@ -111,6 +113,7 @@ class FakeServer:
         latency: float = 0.0,
         models: list[dict[str, Any]] | None = None,
         port: int = 0,
+        seed: int | None = None,
     ) -> None:
         self.answer: Answer = answer or echo
         self.latency = latency
@@ -122,6 +125,13 @@ class FakeServer:
         self.gets: list[str] = []  # paths of GET requests, in arrival order
         self.model_route = True  # False: no /models/{id} route, as llama.cpp's server
         self.require_key: str | None = None  # set: every route answers 401 to another key
+        # Shares of unscripted chat requests that fail at random (drawn from `seed`):
+        self.error_rate = 0.0  # a 500
+        self.rate_limit_rate = 0.0  # a 429, with `retry_after` / `ratelimit_headers`
+        self.truncate_rate = 0.0  # a 200 whose body stops half-way
+        self.retry_after: float | None = None  # seconds in Retry-After of the random 429s
+        self.ratelimit_headers = False  # every 429 carries x-ratelimit-* headers (60 rpm)
+        self._random = random.Random(seed)
         self._port = port
         self._always: str | None = None
         self._always_as_set: str | int | None = None
@@ -255,7 +265,20 @@ class FakeServer:
             for match, actions in self._scripts:
                 if actions and match in text:
                     return actions.pop(0), self._serial
-            return "200", self._serial
+            return self._draw(), self._serial
+
+    def _draw(self) -> str:
+        """The action of an unscripted request, by the random rates (under the lock)."""
+        if not (self.error_rate or self.rate_limit_rate or self.truncate_rate):
+            return "200"
+        draw = self._random.random()
+        if draw < self.error_rate:
+            return "500"
+        draw -= self.error_rate
+        if draw < self.rate_limit_rate:
+            return "429" if self.retry_after is None else f"{_RETRY_AFTER}{self.retry_after:g}"
+        draw -= self.rate_limit_rate
+        return "truncate" if draw < self.truncate_rate else "200"
 
     def _completion(self, body: dict[str, Any], serial: int) -> dict[str, Any]:
         answer = self.answer(body)
@@ -397,6 +420,15 @@ class _Handler(BaseHTTPRequestHandler):
             extra = {}
             if action.startswith(_RETRY_AFTER):
                 extra["Retry-After"] = action[len(_RETRY_AFTER) :]
+            if self.server.fake.ratelimit_headers:
+                reset = extra.get("Retry-After", "1")
+                extra.update(
+                    {
+                        "x-ratelimit-limit-requests": "60",
+                        "x-ratelimit-remaining-requests": "0",
+                        "x-ratelimit-reset-requests": f"{reset}s",
+                    }
+                )
             error = {
                 "message": "Rate limit reached",
                 "type": "requests",
@@ -487,16 +519,80 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
+def _rate(text: str) -> float:
+    """A share of requests, 0 to 1."""
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a share from 0 to 1, got {text}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Serve in the foreground until interrupted."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--port", type=int, default=8787, help="port (0: any free port)")
-    parser.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
+    """Serve in the foreground until interrupted; prints the base URL first."""
+    parser = argparse.ArgumentParser(
+        description="Serve a fake OpenAI-compatible API on 127.0.0.1 in the foreground "
+        "(GET /v1/models, GET /v1/models/ID, POST /v1/chat/completions, answering "
+        "'echo: ' + the last message), with failures drawn at random rates. The first "
+        "line printed is 'fake server listening on URL'; Ctrl-C stops it.",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=0,
+        metavar="N",
+        help="port (default 0: any free port; 8787 is the local model's)",
+    )
+    parser.add_argument(
+        "--latency", type=float, default=0.0, metavar="S", help="seconds before each answer"
+    )
+    parser.add_argument(
+        "--error-rate", type=_rate, default=0.0, metavar="SHARE", help="share of 500 answers"
+    )
+    parser.add_argument(
+        "--rate-limit-rate", type=_rate, default=0.0, metavar="SHARE", help="share of 429 answers"
+    )
+    parser.add_argument(
+        "--retry-after", type=float, metavar="S", help="a Retry-After header on those 429s"
+    )
+    parser.add_argument(
+        "--ratelimit-headers",
+        action="store_true",
+        help="x-ratelimit-{limit,remaining,reset}-requests headers on every 429",
+    )
+    parser.add_argument(
+        "--truncate-rate",
+        type=_rate,
+        default=0.0,
+        metavar="SHARE",
+        help="share of 200s whose body stops half-way",
+    )
+    parser.add_argument(
+        "--down-after", type=int, metavar="N", help="answer N chat requests, then go down for good"
+    )
+    parser.add_argument(
+        "--no-model-route",
+        action="store_true",
+        help="answer 404 to GET /v1/models/ID, as llama.cpp's server does",
+    )
+    parser.add_argument(
+        "--seed", type=int, metavar="N", help="seed of the random draws (default: random)"
+    )
     args = parser.parse_args(argv)
-    server = FakeServer(latency=args.latency, port=args.port).start()
+    if args.error_rate + args.rate_limit_rate + args.truncate_rate > 1:
+        parser.error("--error-rate, --rate-limit-rate and --truncate-rate add up to more than 1")
+    server = FakeServer(latency=args.latency, port=args.port, seed=args.seed)
+    server.error_rate = args.error_rate
+    server.rate_limit_rate = args.rate_limit_rate
+    server.truncate_rate = args.truncate_rate
+    server.retry_after = args.retry_after
+    server.ratelimit_headers = args.ratelimit_headers
+    server.model_route = not args.no_model_route
+    if args.down_after is not None:
+        server.down_after(args.down_after)
+    server.start()
     print(f"fake server listening on {server.base_url}", flush=True)
     try:
-        threading.Event().wait()
+        server.went_down.wait()
     except KeyboardInterrupt:
         pass
     finally:

@@ -30,7 +30,19 @@ def test_models_list_search_and_show() -> None:
         shown = run_cli("models", "show", "fake-model", "--base-url", server.base_url)
         assert json.loads(shown.stdout)["pricing"]["input_cost_per_token"] == 1e-07
         missing = run_cli("models", "show", "nope", "--base-url", server.base_url)
-        assert missing.code == 3 and "nope" in missing.stderr
+        assert missing.code == 3 and "does not serve model 'nope'" in missing.stderr
+
+
+def test_models_show_falls_back_to_the_list_without_the_model_route() -> None:
+    with FakeServer(models=MODELS) as server:
+        server.model_route = False  # as llama.cpp's server: GET /models/{id} answers 404
+        shown = run_cli("models", "show", "fake-model", "--base-url", server.base_url)
+        assert shown.code == 0, shown.stderr
+        assert json.loads(shown.stdout)["pricing"]["input_cost_per_token"] == 1e-07
+        assert server.gets == ["/v1/models/fake-model", "/v1/models"]
+        missing = run_cli("models", "show", "nope", "--base-url", server.base_url)
+        assert missing.code == 3
+        assert "does not serve model 'nope'" in missing.stderr
 
 
 def test_models_list_takes_the_endpoint_from_a_config(tmp_path: Path) -> None:

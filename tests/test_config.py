@@ -202,6 +202,31 @@ def test_invalid_values_are_rejected_with_key_and_line(
     assert f"config key '{dotted}' (line 8)" in message
 
 
+@pytest.mark.parametrize(
+    ("line", "dotted", "why"),
+    [
+        ("encoding: klingon", "input.encoding", "unknown encoding 'klingon'"),
+        ("separator: ';;'", "input.separator", "one ASCII character"),
+        ("ragged: pad", "input.ragged", "'error' or 'truncate'"),
+    ],
+)
+def test_csv_settings_are_checked_with_key_and_line(
+    tmp_path: Path, line: str, dotted: str, why: str
+) -> None:
+    text = BASE.replace("  path: data/in.csv\n", f"  path: data/in.csv\n  {line}\n")
+    message = config_error(tmp_path, text)
+
+    assert f"config key '{dotted}' (line 3)" in message and why in message
+
+
+def test_csv_settings_default_and_set(tmp_path: Path) -> None:
+    default = load_text(tmp_path, BASE).input
+    assert (default.encoding, default.separator, default.ragged) == ("utf8", None, "error")
+    overrides = ["input.encoding=cp1252", "input.separator=;", "input.ragged=truncate"]
+    changed = load_text(tmp_path, BASE, overrides).input
+    assert (changed.encoding, changed.separator, changed.ragged) == ("cp1252", ";", "truncate")
+
+
 def test_missing_template_is_named_with_its_section_line(tmp_path: Path) -> None:
     text = BASE.replace('  template: "Q: {{ q }}"\n', "  system: be brief\n")
     message = config_error(tmp_path, text)
@@ -230,6 +255,24 @@ def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
 
     assert "invalid YAML" in message
     assert "line 9" in message
+
+
+def test_an_unclosed_quote_names_the_line_it_opens_on(tmp_path: Path) -> None:
+    text = BASE.replace('"Q: {{ q }}"', '"Q: {{ q }}') + "".join(f"# note {n}\n" for n in range(11))
+    assert len(text.splitlines()) == 17
+    message = config_error(tmp_path, text)
+
+    assert "invalid YAML (line 4)" in message
+    assert "quoted scalar" in message
+    assert 'line 4 is: template: "Q: {{ q }}' in message
+    assert "line 18" not in message
+
+
+def test_a_problem_at_the_end_of_the_file_names_a_line_in_it(tmp_path: Path) -> None:
+    message = config_error(tmp_path, BASE + "run: [1, 2")
+
+    assert "invalid YAML (line 7)" in message
+    assert "line 7 is: run: [1, 2" in message
 
 
 def test_tab_indentation_is_invalid_yaml_with_line(tmp_path: Path) -> None:

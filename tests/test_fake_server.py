@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -372,3 +373,87 @@ def test_foreground_mode() -> None:
         finally:
             proc.terminate()
             proc.wait(timeout=5)
+
+
+def test_random_rates_fail_a_share_of_unscripted_requests() -> None:
+    with FakeServer(seed=7) as fake, httpx.Client(base_url=fake.base_url, timeout=5) as http:
+        fake.error_rate, fake.rate_limit_rate = 0.3, 0.3
+        fake.script("scripted", [200] * 5)
+        codes = [chat(http, f"row {i}").status_code for i in range(60)]
+        assert {chat(http, "scripted").status_code for _ in range(5)} == {200}
+        fake.error_rate = fake.rate_limit_rate = 0.0
+        fake.truncate_rate = 1.0
+        cut = chat(http, "x")
+    assert 8 < codes.count(500) < 30 and 8 < codes.count(429) < 30 and 200 in codes
+    assert cut.status_code == 200
+    with pytest.raises(json.JSONDecodeError):
+        cut.json()
+
+
+def test_random_429s_carry_retry_after_and_ratelimit_headers_when_asked(
+    server: FakeServer, client: httpx.Client
+) -> None:
+    server.rate_limit_rate = 1.0
+    plain = chat(client, "x")
+    assert plain.status_code == 429 and "retry-after" not in plain.headers
+    assert "x-ratelimit-remaining-requests" not in plain.headers
+    server.retry_after, server.ratelimit_headers = 2.5, True
+    told = chat(client, "x")
+    assert told.headers["retry-after"] == "2.5"
+    assert told.headers["x-ratelimit-remaining-requests"] == "0"
+    assert told.headers["x-ratelimit-reset-requests"] == "2.5s"
+
+
+SCRIPT = Path(__file__).with_name("fake_server.py")
+
+
+def test_help_lists_the_scripted_behaviours() -> None:
+    shown = subprocess.run(
+        [sys.executable, str(SCRIPT), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={**os.environ, "COLUMNS": "200"},  # one help line per option
+    )
+    assert shown.returncode == 0, shown.stderr
+    for flag in (
+        "--port",
+        "--latency",
+        "--error-rate",
+        "--rate-limit-rate",
+        "--retry-after",
+        "--ratelimit-headers",
+        "--truncate-rate",
+        "--down-after",
+        "--no-model-route",
+        "--seed",
+    ):
+        assert flag in shown.stdout
+    assert "default 0" in shown.stdout
+
+
+def test_the_shell_flags_script_the_server() -> None:
+    args = ["--rate-limit-rate", "1", "--retry-after", "3", "--ratelimit-headers"]
+    with subprocess.Popen(
+        [sys.executable, str(SCRIPT), *args, "--down-after", "1", "--no-model-route"],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            base_url = proc.stdout.readline().split()[-1]
+            assert base_url.startswith("http://127.0.0.1:") and ":8787/" not in base_url
+            with httpx.Client(base_url=base_url, timeout=5) as http:
+                assert http.get("/models/fake-model").status_code == 404
+                limited = chat(http, "ping")
+                assert limited.status_code == 429
+                assert limited.headers["retry-after"] == "3"
+                assert limited.headers["x-ratelimit-reset-requests"] == "3s"
+                with pytest.raises(httpx.TransportError):
+                    chat(http, "ping")  # the second request: down
+            assert proc.wait(timeout=10) == 0  # down for good: the process ends
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=5)

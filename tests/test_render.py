@@ -83,6 +83,54 @@ def test_null_cell_renders_as_empty_string() -> None:
     assert request.body["messages"][0]["content"] == "<|web>"
 
 
+def test_null_cell_prints_as_empty_text_on_the_jinja_path_too() -> None:
+    request = renderer("<{{ text }}|{{ channel | default('x') }}>{% if id %}!{% endif %}").render(
+        {"id": None, "text": None, "channel": None}
+    )
+
+    assert request is not None
+    assert request.body["messages"][0]["content"] == "<|>"
+
+
+def test_null_cells_are_none_to_jinja_tests_and_filters() -> None:
+    r = renderer(
+        "{% if text is none %}no text{% else %}{{ text }}{% endif %}; "
+        "{{ channel | default('web', true) }}; {{ id is none }}"
+    )
+    empty = r.render({"id": None, "text": None, "channel": None})
+    full = r.render({"id": 3, "text": "", "channel": "email"})
+
+    assert empty is not None and full is not None
+    assert empty.body["messages"][0]["content"] == "no text; web; True"
+    assert full.body["messages"][0]["content"] == "; email; False"
+
+
+@pytest.mark.parametrize(
+    ("template", "system", "key"),
+    [
+        (  # the plain (str.format_map) path
+            "Product: {{ name }}, price: {{ price }}",
+            "Be brief.",
+            "r1:e50aaf6225f779f9f30333c4338aa9bd69b685aab166963bf3114a340933608a",
+        ),
+        (  # the Jinja path
+            "{{ name }}: {{ price }}{% if price %} costs {{ price }}{% endif %}.",
+            None,
+            "r1:d1e29c1a5b0e3daf56b7b356f5a4eb02569c4ed208eb95edb3c4278b0ac054dc",
+        ),
+    ],
+)
+def test_a_null_cell_keeps_the_store_key_of_earlier_versions(
+    template: str, system: str | None, key: str
+) -> None:
+    # Pinned: keys of stores written when nulls were rendered as "" before Jinja saw them.
+    r = renderer(template, system=system, columns=("name", "price"), params={"temperature": 0})
+    request = r.render({"name": "lamp", "price": None})
+
+    assert request is not None
+    assert request.key == key
+
+
 def test_trailing_newline_is_kept() -> None:
     request = renderer("{{ text }}\n").render({"text": "x"})
 
@@ -334,7 +382,9 @@ def test_estimate_grows_with_text_and_reserve(chars: int, reserve: int) -> None:
 # --- plain templates skip Jinja and must render exactly as Jinja would ---------------------
 
 _text = st.text(alphabet=st.characters(blacklist_characters="{}%#"), max_size=30)
-_value = st.one_of(st.text(max_size=20), st.integers(), st.floats(allow_nan=False), st.booleans())
+_value = st.one_of(
+    st.none(), st.text(max_size=20), st.integers(), st.floats(allow_nan=False), st.booleans()
+)
 
 
 @given(
@@ -347,10 +397,12 @@ def test_plain_templates_render_as_jinja_does(
 ) -> None:
     import jinja2
 
-    from pipeline.render import _Text
+    from pipeline.render import _finalize, _Text
 
     source = "".join(f"{text}{{{{ {name} }}}}" for text, name in pieces) + tail
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env = jinja2.Environment(
+        undefined=jinja2.StrictUndefined, keep_trailing_newline=True, finalize=_finalize
+    )
     fast = _Text(env, source)
     assert fast._parts is not None
     assert fast.render(values) == env.from_string(source).render(values)

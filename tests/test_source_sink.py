@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+from pipeline.config import InputConfig
 from pipeline.errors import InputError, OutputError
 from pipeline.sink import Sink
 from pipeline.source import Source, table_format
@@ -169,6 +170,84 @@ def test_unreadable_content_is_input_error(tmp_path: Path, name: str, content: b
     with pytest.raises(InputError, match="cannot read input"):
         source = Source(path)
         list(source.chunks(10))
+
+
+def csv_source(path: Path, content: bytes, **options: str) -> Source:
+    path.write_bytes(content)
+    return Source(path, None, InputConfig(path=path, **options))
+
+
+def rows(source: Source) -> list[tuple[object, ...]]:
+    return [row for frame in source.chunks(2) for row in frame.rows()]
+
+
+LATIN = b"id,text\n1,plain\n2,also plain\n3,caf\xe9\n4,end\n"  # cp1252 / latin-1
+
+
+def test_invalid_utf8_names_the_line_and_input_encoding(tmp_path: Path) -> None:
+    with pytest.raises(InputError) as info:
+        rows(csv_source(tmp_path / "in.csv", LATIN))
+
+    message = str(info.value)
+    assert "line 4 is not valid UTF-8 (byte 0xE9)" in message
+    assert "input.encoding" in message and "utf8-lossy" in message
+
+
+def test_invalid_utf8_far_into_a_big_file_names_its_line(tmp_path: Path) -> None:
+    body = b"".join(b"%d,row %d\n" % (i, i) for i in range(200_000))  # over one 1 MiB block
+    with pytest.raises(InputError, match="line 200002 is not valid UTF-8"):
+        rows(csv_source(tmp_path / "in.csv", b"id,text\n" + body + b"x,\xff\xfe\n"))
+
+
+@pytest.mark.parametrize(
+    ("encoding", "third"),
+    [("utf8-lossy", "caf\ufffd"), ("cp1252", "café"), ("latin-1", "café"), ("UTF-8", None)],
+)
+def test_input_encoding_reads_the_file(tmp_path: Path, encoding: str, third: str | None) -> None:
+    content = LATIN if third is not None else LATIN.replace(b"\xe9", "é".encode())
+    source = csv_source(tmp_path / "in.csv", content, encoding=encoding)
+
+    assert rows(source)[2] == (3, third or "café")
+    assert source.count() == 4
+
+
+def test_a_byte_the_codec_cannot_decode_names_the_line(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"line 3 is not valid cp1252 \(byte 0x81\)"):
+        csv_source(tmp_path / "in.csv", b"id,text\n1,a\n2,\x81\n", encoding="cp1252")
+
+
+RAGGED = b'id,text\n1,a\n2\n"3\nstill 3",b,extra\n4,d\n'
+
+
+def test_a_row_with_more_fields_names_its_line_and_input_ragged(tmp_path: Path) -> None:
+    with pytest.raises(InputError) as info:
+        rows(csv_source(tmp_path / "in.csv", RAGGED))
+
+    message = str(info.value)
+    assert "line 4 has 3 fields where the header has 2" in message
+    assert "input.ragged: truncate" in message and "input.separator" in message
+
+
+def test_ragged_truncate_drops_extra_fields_and_short_rows_get_nulls(tmp_path: Path) -> None:
+    source = csv_source(tmp_path / "in.csv", RAGGED, ragged="truncate")
+
+    assert rows(source) == [("1", "a"), ("2", None), ("3\nstill 3", "b"), ("4", "d")]
+
+
+def test_separator_is_configurable(tmp_path: Path) -> None:
+    source = csv_source(tmp_path / "in.csv", b"id;text\n1;a,b\n", separator=";")
+
+    assert source.columns == ["id", "text"]
+    assert rows(source) == [(1, "a,b")]
+
+
+@pytest.mark.parametrize(
+    "options", [{"encoding": "latin-1"}, {"separator": ";"}, {"ragged": "truncate"}]
+)
+def test_csv_settings_on_other_formats_are_errors(tmp_path: Path, options: dict[str, str]) -> None:
+    path = write_table(table(3), tmp_path / "in.parquet")
+    with pytest.raises(InputError, match=f"input.{next(iter(options))} applies to CSV"):
+        Source(path, None, InputConfig(path=path, **options))
 
 
 # --- Sink --------------------------------------------------------------------------------
