@@ -3,6 +3,7 @@
 # make bench set up and run the performance benchmark (not part of make test);
 #            BENCH_ARGS='--quick' or '--repeat 3' are passed on to scripts/bench.py
 # make check format check, lint, types and tests
+# make docs  regenerate docs/configuration.md and docs/cli.md from the code
 
 PYTHON ?= python3
 VENV := .venv
@@ -11,7 +12,7 @@ LLAMA_CPP_VERSION := 0.3.36
 SMOLLM2_VERSION := 0.1.2
 BENCH_ARGS ?=
 
-.PHONY: setup model run test bench check clean
+.PHONY: setup model run test bench check docs clean
 
 setup: $(VENV)/.setup-done
 model: $(VENV)/.model-done
@@ -44,6 +45,9 @@ check: setup
 	$(VENV)/bin/ruff check pipeline tests scripts
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
+
+docs: setup
+	$(PY) scripts/docs.py
 
 clean:
 	rm -rf $(VENV) out
