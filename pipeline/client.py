@@ -72,7 +72,19 @@ def error_detail(status: int, text: str) -> str:
 
 
 def retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """Seconds to wait from `Retry-After` (seconds or an HTTP date), if the server sent it."""
+    """Seconds to wait from `retry-after-ms`, else `Retry-After` (seconds or an HTTP date), if
+    the server sent either."""
+    if type(headers) is dict:  # not case-insensitive, unlike the HTTP clients' headers
+        headers = {name.lower(): value for name, value in headers.items()}
+    milliseconds = headers.get("retry-after-ms")
+    if milliseconds is not None:
+        try:
+            waited = float(milliseconds) / 1000.0
+        except ValueError:
+            pass
+        else:
+            if math.isfinite(waited):
+                return max(0.0, waited)
     value = headers.get("retry-after")
     if value is None:
         return None

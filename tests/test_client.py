@@ -332,6 +332,25 @@ def test_429_with_http_date_retry_after() -> None:
     assert 27 <= error.retry_after <= 31
 
 
+def test_429_from_anthropic_carries_retry_after_and_its_budgets() -> None:
+    reset = (datetime.now(UTC) + timedelta(seconds=20)).isoformat()
+    headers = {
+        "retry-after": "20",
+        "anthropic-ratelimit-requests-limit": "50",
+        "anthropic-ratelimit-requests-remaining": "0",
+        "anthropic-ratelimit-requests-reset": reset,
+    }
+    error = fails_with(answer(429, "rate_limit_error", **headers))
+
+    assert isinstance(error, RateLimited)
+    assert error.retry_after == 20.0
+    assert error.rate is not None
+    assert error.rate.requests.limit == 50
+    assert error.rate.requests.remaining == 0
+    assert error.rate.requests.reset_s is not None
+    assert 18 <= error.rate.requests.reset_s <= 21
+
+
 def test_429_without_retry_after() -> None:
     error = fails_with(answer(429, ""))
 
@@ -569,3 +588,19 @@ def test_retry_after_never_raises_and_is_never_negative(value: str) -> None:
     waited = retry_after(httpx.Headers({"Retry-After": value}), now=0.0)
 
     assert waited is None or waited >= 0
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"retry-after-ms": "1500", "retry-after": "2"}, 1.5),  # the precise one wins
+        ({"Retry-After-Ms": "250"}, 0.25),  # a plain dict, any case
+        ({"retry-after-ms": "-5"}, 0.0),
+        ({"retry-after-ms": "soon", "retry-after": "3"}, 3.0),  # unreadable: the other one
+        ({"retry-after-ms": "inf"}, None),
+        ({"RETRY-AFTER": "4"}, 4.0),
+    ],
+)
+def test_retry_after_ms_and_plain_dicts(raw: dict[str, str], expected: float | None) -> None:
+    assert retry_after(raw) == expected
+    assert retry_after(httpx.Headers(raw)) == expected

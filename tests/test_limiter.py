@@ -429,3 +429,51 @@ def test_a_429_after_too_few_answers_only_pauses() -> None:
     limiter.rate_limited_by_server(0.2, sent_at=fake.now)
     answers = 2 * MIN_ACCEPTED - 1  # all within the last 10 s
     assert limiter.requests_per_minute == pytest.approx(answers * 6 * ACCEPTED_FACTOR)
+
+
+SIX_HUNDRED_A_MINUTE = {
+    "openai": {"x-ratelimit-limit-requests": "600", "x-ratelimit-remaining-requests": "599"},
+    "litellm key": {
+        "x-ratelimit-api_key-limit-requests": "600",
+        "x-ratelimit-api_key-remaining-requests": "599",
+    },
+    "litellm model per key": {
+        "x-ratelimit-model_per_key-limit-requests": "600",
+        "x-ratelimit-model_per_key-remaining-requests": "599",
+    },
+    "anthropic": {
+        "anthropic-ratelimit-requests-limit": "600",
+        "anthropic-ratelimit-requests-remaining": "599",
+        "anthropic-ratelimit-requests-reset": "2025-03-14T12:00:01Z",
+    },
+    "ietf": {"RateLimit-Policy": '"default";q=100;w=10', "RateLimit": '"default";r=99;t=10'},
+    "ietf triple": {"RateLimit-Limit": "600", "RateLimit-Remaining": "599", "RateLimit-Reset": "1"},
+}
+
+
+@pytest.mark.parametrize("raw", SIX_HUNDRED_A_MINUTE.values(), ids=SIX_HUNDRED_A_MINUTE.keys())
+def test_a_limit_in_any_dialect_paces_from_the_first_response(raw: dict[str, str]) -> None:
+    from pipeline.ratelimit import rate_headers
+
+    limiter, fake = make()
+    limiter.observe(rate_headers(raw))
+    assert limiter.requests_per_minute == pytest.approx(600)
+    times = send_times(limiter, fake, 3)
+    assert times == pytest.approx([START, START + 0.1, START + 0.2])
+
+
+def test_a_spent_anthropic_budget_waits_for_one_request_to_free() -> None:
+    from datetime import UTC, datetime
+
+    from pipeline.ratelimit import rate_headers
+
+    now = datetime(2025, 3, 14, 12, tzinfo=UTC).timestamp()
+    raw = {
+        "anthropic-ratelimit-requests-limit": "600",
+        "anthropic-ratelimit-requests-remaining": "0",
+        "anthropic-ratelimit-requests-reset": "2025-03-14T12:00:00.05Z",
+    }
+    limiter, fake = make()
+    limiter.observe(rate_headers(raw, now=now))
+    acquire(limiter)
+    assert fake.now == pytest.approx(START + 0.05)  # the reset came before a 600th of a minute
