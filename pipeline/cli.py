@@ -25,7 +25,8 @@ from .commands import (
     cmd_store_salvage,
     cmd_validate,
 )
-from .config import DEFAULT_BASE_URL, DEFAULT_KEY_ENV, Config, load
+from .config import DEFAULT_BASE_URL, DEFAULT_KEY_ENV, Config
+from .configfile import load
 from .errors import (
     LockError,
     PipelineError,
@@ -98,6 +99,22 @@ def _count(text: str) -> int:
     return value
 
 
+Group = argparse._SubParsersAction  # what `add_subparsers` returns
+
+
+def _subcommand(
+    group: Group[argparse.ArgumentParser], name: str, help: str, epilog: str
+) -> argparse.ArgumentParser:
+    """A command with its help as description and its exit codes as epilog."""
+    return group.add_parser(
+        name,
+        help=help,
+        description=help,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pipeline",
@@ -111,13 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     def command(
         name: str, help: str, handler: Handler, epilog: str = CHECK_EPILOG
     ) -> argparse.ArgumentParser:
-        sub = commands.add_parser(
-            name,
-            help=help,
-            description=help,
-            epilog=epilog,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
+        sub = _subcommand(commands, name, help, epilog)
         _config_arguments(sub, handler)
         return sub
 
@@ -155,13 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("list", "list the endpoint's models", cmd_models_list),
         ("show", "show one model object (pricing, request schema)", cmd_models_show),
     ):
-        sub = which.add_parser(
-            name,
-            help=help,
-            description=help,
-            epilog=MODELS_EPILOG,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
+        sub = _subcommand(which, name, help, MODELS_EPILOG)
         sub.set_defaults(handler=handler)
         if name == "show":
             sub.add_argument("model_id", help="the model's id")
@@ -178,14 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("check", "check the store for damage and count its answers", cmd_store_check),
         ("salvage", "copy every readable answer into a fresh store", cmd_store_salvage),
     ):
-        sub = actions.add_parser(
-            name,
-            help=help,
-            description=help,
-            epilog=STORE_EPILOG,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        _config_arguments(sub, handler)
+        _config_arguments(_subcommand(actions, name, help, STORE_EPILOG), handler)
     return parser
 
 

@@ -14,7 +14,8 @@ from typing import Any
 
 from .catalog import Catalog, check_model, check_params, model_id, price
 from .checks import api_key, check_output, check_writable_folder
-from .config import DEFAULT_BASE_URL, DEFAULT_KEY_ENV, Config, load
+from .config import DEFAULT_BASE_URL, DEFAULT_KEY_ENV, Config
+from .configfile import load
 from .errors import CatalogUnavailable, InputError, PipelineError, RunStopped, StoreError
 from .plan import last_run, make_plan
 from .salvage import check, salvage

@@ -1,4 +1,4 @@
-"""Unit tests for `pipeline.config.load`: defaults, paths, key+line errors, ${VAR}, --set."""
+"""Unit tests for `pipeline.configfile.load`: defaults, paths, key+line errors, ${VAR}, --set."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from pipeline.config import (
     DEFAULT_MODEL,
     Config,
     RunConfig,
-    load,
 )
+from pipeline.configfile import load
 from pipeline.errors import ConfigError
 
 # Six lines; a section appended after it starts on line 7.

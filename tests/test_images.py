@@ -15,7 +15,7 @@ import pytest
 from e2e import run_cli, write_config
 from fake_server import FakeServer, last_content
 
-from pipeline.config import load
+from pipeline.configfile import load
 from pipeline.errors import RowError
 from pipeline.images import HEAD_BYTES, ImageReader, sniff
 

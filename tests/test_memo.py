@@ -21,7 +21,7 @@ from fake_server import FakeServer, last_content
 from pipeline import job as job_module
 from pipeline import plan as plan_module
 from pipeline import runner
-from pipeline.config import load
+from pipeline.configfile import load
 from pipeline.summary import Summary
 
 ROWS, CHUNK = 50, 10
@@ -228,7 +228,7 @@ def test_the_chunk_digest_is_the_same_in_another_process(tmp_path: Path) -> None
     table(tmp_path, texts())
     code = f"""
 import polars as pl
-from pipeline.config import load
+from pipeline.configfile import load
 from pipeline.memo import Memo
 config = load({str(write_config(tmp_path, "http://127.0.0.1:9/v1"))!r})
 frame = pl.read_csv({str(tmp_path / "in.csv")!r})

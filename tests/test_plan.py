@@ -10,7 +10,7 @@ from e2e import write_config
 from fake_server import FakeServer
 
 from pipeline import runner
-from pipeline.config import load
+from pipeline.configfile import load
 from pipeline.job import render_rows
 from pipeline.plan import make_plan
 

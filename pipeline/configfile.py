@@ -1,0 +1,166 @@
+"""Config stage: YAML file -> one frozen, validated `Config`.
+
+Unknown keys, wrong types and missing keys are errors that name the key and its line.
+`${VAR}` / `${VAR:-default}` are expanded from the environment; relative paths are taken
+from the config file's folder; `--set a.b=value` overrides any key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from .config import Config
+from .errors import ConfigError
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+Lines = dict[tuple[str, ...], int]
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read, expand, override and validate the config file at `path`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"cannot read config {path}: not UTF-8 text ({exc.reason})") from None
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML{_yaml_problem(exc, text)}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the config must be a mapping of sections (input, prompt, ...)")
+    lines: Lines = {}
+    _key_lines(node, (), lines)
+    for item in overrides or []:
+        _apply_override(data, item, lines)
+    data = _expand(data, (), lines)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {_describe(exc, lines)}") from None
+    return _resolve_paths(config, path.parent)
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:
+    """`(line N): what is wrong; line N is: its text`, N being where the problem starts.
+
+    The parser's `problem_mark` is where it gave up: for a quote or bracket never closed,
+    that is the end of the file, so the `context_mark` (where the quote opened) is named.
+    """
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    mark = getattr(exc, "problem_mark", None)
+    start = getattr(exc, "context_mark", None)
+    if mark is not None and start is not None and not text[mark.index :].strip():
+        mark = start
+    if context:
+        problem = f"{context}, {problem}"
+    if mark is None:
+        return f": {problem}"
+    lines = text.splitlines() or [""]
+    number = min(mark.line + 1, len(lines))
+    shown = lines[number - 1].strip()
+    shown = shown if len(shown) <= 120 else shown[:117] + "..."
+    return f" (line {number}): {problem}; line {number} is: {shown}"
+
+
+def _key_lines(node: yaml.Node | None, prefix: tuple[str, ...], lines: Lines) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = (*prefix, str(key_node.value))
+            lines[key] = key_node.start_mark.line + 1
+            _key_lines(value_node, key, lines)
+
+
+def _where(key: tuple[str, ...], lines: Lines) -> str:
+    for n in range(len(key), 0, -1):
+        if key[:n] in lines:
+            line = lines[key[:n]]
+            return " (from --set)" if line < 0 else f" (line {line})"
+    return ""
+
+
+def _apply_override(data: dict[str, Any], item: str, lines: Lines) -> None:
+    name, sep, raw = item.partition("=")
+    if not sep or not name.strip():
+        raise ConfigError(f"--set expects KEY=VALUE, e.g. run.concurrency=8; got {item!r}")
+    key = tuple(name.strip().split("."))
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else raw
+    except yaml.YAMLError:
+        value = raw
+    target = data
+    for part in key[:-1]:
+        child = target.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {name}: {part!r} is not a section")
+        target = child
+    target[key[-1]] = value
+    lines[key] = -1
+
+
+def _expand(value: Any, key: tuple[str, ...], lines: Lines) -> Any:
+    if isinstance(value, dict):
+        return {k: _expand(v, (*key, str(k)), lines) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, key, lines) for v in value]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        found = os.environ.get(name)
+        if found is not None and (found or default is None):
+            return found
+        if default is not None:
+            return default
+        raise ConfigError(
+            f"config key {'.'.join(key)}{_where(key, lines)}: environment variable "
+            f"{name} is not set (use ${{{name}:-default}} for a fallback)"
+        )
+
+    return _VAR.sub(substitute, value)
+
+
+def _describe(exc: ValidationError, lines: Lines) -> str:
+    messages = []
+    for error in exc.errors()[:5]:
+        key = tuple(str(part) for part in error["loc"])
+        dotted = ".".join(key)
+        where = _where(key, lines)
+        if error["type"] == "extra_forbidden":
+            messages.append(f"unknown key '{dotted}'{where}")
+        elif error["type"] == "missing":
+            messages.append(
+                f"missing required key '{dotted}'{where.replace('line', 'in section at line')}"
+            )
+        else:
+            messages.append(f"config key '{dotted}'{where}: {error['msg']}")
+    more = len(exc.errors()) - 5
+    return "; ".join(messages) + (f"; and {more} more" if more > 0 else "")
+
+
+def _resolve_paths(config: Config, base: Path) -> Config:
+    def resolve(p: Path) -> Path:
+        p = p.expanduser()
+        return p if p.is_absolute() else Path(os.path.normpath(base / p))
+
+    updates: dict[str, Any] = {
+        "input": config.input.model_copy(update={"path": resolve(config.input.path)}),
+        "output": config.output.model_copy(update={"path": resolve(config.output.path)}),
+    }
+    if config.run.store is not None:
+        updates["run"] = config.run.model_copy(update={"store": resolve(config.run.store)})
+    if config.prompt.image_roots:
+        roots = [resolve(root) for root in config.prompt.image_roots]
+        updates["prompt"] = config.prompt.model_copy(update={"image_roots": roots})
+    return config.model_copy(update=updates)
