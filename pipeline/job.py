@@ -139,18 +139,18 @@ class Job:
         sending = not self.offline and self.sender.stop_reason is None
         plan = triage(unique, stored, self._failed, self.pool, sending=sending)
         chunk = Chunk(frame, keys, row_errors, plan.settled, digest=digest)
-        unkeyed = frame.height - sum(rows.values())
+        settled = unkeyed = frame.height - sum(rows.values())  # skipped or not renderable
         self._tally(FAILED, len(row_errors))
         self._tally(SKIPPED, unkeyed - len(row_errors))
         for key, result in plan.settled.items():
             self._tally(result.status, rows[key])
+            settled += rows[key]
         self.summary.from_store += sum(rows[k] for k in plan.from_store)
         for key in plan.join:
             chunk.waiting[key] = self.pool.join(key, rows[key])
         for work in plan.send:
             key = work[0].key
             chunk.waiting[key] = await self.pool.submit(work, rows[key])
-        settled = frame.height - sum(rows.values()) + sum(rows[k] for k in plan.settled)
         if settled:
             self.progress.advance(settled)
         return chunk
@@ -178,12 +178,10 @@ class Job:
         for status, count in counts.items():
             self.summary.count_many(status, count)
             self._tally(OK if status == INVALID else status, -count)  # parsed: no longer live
-        final = counts.get(OK, 0) + counts.get(SKIPPED, 0)
-        if chunk.digest is not None and final == chunk.frame.height:
+        ok, skipped = counts.get(OK, 0), counts.get(SKIPPED, 0)
+        if chunk.digest is not None and ok + skipped == chunk.frame.height:
             new = answered.columns[chunk.frame.width :]
-            self.memo.put(
-                chunk.digest, answered.select(new), counts.get(OK, 0), counts.get(SKIPPED, 0)
-            )
+            self.memo.put(chunk.digest, answered.select(new), ok, skipped)
         return answered
 
     async def _handle(self, work: Work) -> Result:
