@@ -153,7 +153,8 @@ class Sender:
     async def _attempt(self, request: Request) -> Completion:
         """One attempt; while the breaker holds sending, a failure waits, not a retry."""
         while True:
-            probe = await self.breaker.admit()
+            # Only a paused breaker makes the attempt wait: no coroutine per request otherwise.
+            probe = await self.breaker.admit() if self.breaker.paused else False
             try:
                 if self.breaker.reason is not None:
                     self.stop(self.breaker.reason)
