@@ -209,8 +209,9 @@ class RunConfig(_Strict):
         default=5,
         ge=0,
         le=100,
-        description="retries per request of a 429, 5xx, timeout, dropped connection or "
-        "malformed body",
+        description="retries per request of a 5xx, timeout, dropped connection or malformed "
+        "body; 429s have an allowance of their own (30), each held by the rate limiter until "
+        "the server's reset",
     )
     timeout_s: float = Field(default=60, gt=0, description="seconds one request may take")
     max_outage_s: float = Field(

@@ -2,11 +2,23 @@
 
 Each budget is a GCRA token bucket ("theoretical arrival time"): requests leave evenly
 spaced, never as a burst at the top of a minute. Tokens are reserved from the estimate
-before sending and settled with the response's `usage`. The server's `x-ratelimit-*`
-headers set or tighten the budgets and pause everyone when one runs out. A 429 pauses every
-worker until `Retry-After` / `x-ratelimit-reset-*` (or a doubling pause when the server says
-nothing), lowers the rate, and the rate then climbs back. With no budget configured, the
-first 429 sets one from the rate that the server accepted: the limit is learned.
+before sending and settled with the response's `usage`.
+
+The server's rate-limit headers (any dialect `ratelimit.py` reads) set or tighten the budgets
+from the first response on; what was sent before that response is charged to the new budget,
+so a run's opening burst is not paid for with a 429 at the end of the first window. A budget
+that runs out pauses everyone until one unit frees.
+
+A 429 pauses every worker until the server's `Retry-After` / reset (or a doubling pause when
+it says nothing) and lowers the rate, which then climbs back. Fixed windows (LiteLLM's 60 s,
+IETF `w=`): a `Retry-After` as long as the whole window says nothing of when the window under
+way ends, so the run resumes at the reset its answers show instead: a window begins with the
+run's first request, with the first answer after a 429, or where `remaining` jumps back up.
+If a request sent at that estimated reset gets a 429 too, the estimate is dropped and short
+doubling pauses probe for the reset. With no budget known, each burst of 429s sets one from
+the rate the server accepted over the run (up to the last two minutes): the limit is learned,
+whatever the length of the server's window.
+
 A 429 pause logs one line when it begins and one when it ends, however many 429s it holds;
 `waiting` says what requests wait for, for the progress display.
 Clock and sleep are injected so tests run without waiting.
@@ -36,9 +48,12 @@ RECOVERY_STEP = 0.05  # rate fraction regained per quiet RECOVERY_S
 RECOVERY_S = 2.0
 DEFAULT_PAUSE_S = 1.0  # pause after a 429 that names no wait; doubles while 429s go on
 MAX_PAUSE_S = 4.0  # a probe every few seconds while the server keeps saying 429
-ACCEPTED_WINDOW_S = 10.0  # how far back the accepted rate is measured when learning
-MIN_ACCEPTED = 5  # fewer answers than this in the window: too little to learn a limit from
+HORIZON_S = 120.0  # the accepted rate is measured over the run, at most this far back
+MIN_SPAN_S = 1.0  # ... and over at least this long
+MIN_ACCEPTED = 5  # fewer answers than this: too little to learn a limit from
 BOOKED_NOTE_S = 1.0  # a budget booked this far ahead is what the run waits for: `waiting` says so
+WHOLE_WINDOW = 0.9  # a Retry-After this share of a fixed window or more names no reset
+RESET_GUARD_S = 0.1  # resume this long after a fixed window's estimated reset
 
 
 class _Bucket:
@@ -56,6 +71,69 @@ class _Bucket:
 
     def refund(self, units: float, factor: float) -> None:
         self.tat -= units * 60.0 / (self.per_minute * factor)
+
+
+class _Accepted:
+    """Answers per whole second over the last HORIZON_S: the rate the server accepted."""
+
+    def __init__(self) -> None:
+        self.first: float | None = None
+        self.seconds: deque[list[int]] = deque()  # [second, answers]
+
+    def add(self, now: float) -> None:
+        if self.first is None:
+            self.first = now
+        second = math.floor(now)
+        if self.seconds and self.seconds[-1][0] == second:
+            self.seconds[-1][1] += 1
+            return
+        self.seconds.append([second, 1])
+        while self.seconds[0][0] < second - HORIZON_S:
+            self.seconds.popleft()
+
+    def per_minute(self, now: float) -> float | None:
+        """Answers per minute since the first (at most HORIZON_S back); None: too few."""
+        if self.first is None:
+            return None
+        span = min(HORIZON_S, max(MIN_SPAN_S, now - self.first))
+        answers = sum(n for second, n in self.seconds if second + 1 > now - span)
+        return answers * 60.0 / span if answers >= MIN_ACCEPTED else None
+
+
+class _Window:
+    """A fixed window of the server's: its length, and when the one under way began."""
+
+    def __init__(self) -> None:
+        self.length: float | None = None
+        self.start: float | None = None
+        self.remaining: float | None = None  # the last answer's, to see a reset
+        self.resumed_at: float | None = None  # when the run resumed at an estimated reset
+        self.blocked: float | None = None  # the latest send refused with a 429, until an answer
+
+    def reset(self, now: float) -> float | None:
+        """When the window under way ends, if its start is known."""
+        if self.length is None or self.start is None:
+            return None
+        return self.start + max(1, math.ceil((now - self.start) / self.length)) * self.length
+
+    def answered(self, budget: Budget, sent_at: float, first_sent: float, sent: float) -> None:
+        """An answer to a request sent at `sent_at`: a window began if it came after a 429
+        or if `remaining` jumped back up. The first answer tells whether the run's first
+        request began the window (`sent` units sent so far account for all that is used)."""
+        if budget.window_s:
+            self.length = budget.window_s
+        if self.blocked is not None and sent_at > self.blocked:  # sent after the refusal
+            self.start, self.blocked, self.resumed_at = sent_at, None, None
+        remaining, before = budget.remaining, self.remaining
+        if remaining is None or not budget.limit:
+            return
+        quota = budget.limit * (self.length or 60.0) / 60.0
+        if before is None:
+            if quota - remaining <= 2 * sent + 2:
+                self.start = first_sent
+        elif remaining > before + max(2.0, quota / 4):
+            self.start = sent_at
+        self.remaining = remaining
 
 
 class Limiter:
@@ -83,7 +161,11 @@ class Limiter:
         self._burst_pause = DEFAULT_PAUSE_S  # this burst's
         self.rate_limited = 0
         self._learning = requests_per_minute is None
-        self._accepted: deque[float] = deque()  # when answers arrived, while learning
+        self._accepted = _Accepted()  # answers while learning
+        self._window = _Window()
+        self._first_sent: float | None = None
+        self._sent = 0  # requests and estimated tokens sent, to charge a budget learned late
+        self._sent_tokens = 0
         self._pause_why = ""  # what the pause under way waits for, for `waiting`
         self._pause_began: float | None = None  # when the 429 pause under way began
         self._pause_429s = 0  # the 429s answered during it
@@ -111,6 +193,10 @@ class Limiter:
             if start > now:
                 await self._sleep(start - now)
             if self._clock() >= self.paused_until:
+                if self._first_sent is None:
+                    self._first_sent = start
+                self._sent += 1
+                self._sent_tokens += tokens
                 return max(start, now)
             # A 429 arrived while we waited: our slot is void, queue again after the pause.
 
@@ -132,41 +218,58 @@ class Limiter:
         """An answer arrived: correct the token budget with its real usage."""
         self._pause_s = DEFAULT_PAUSE_S
         if self._learning:
-            now = self._clock()
-            self._accepted.append(now)
-            if len(self._accepted) > 4096:
-                self._accepted_since(now - ACCEPTED_WINDOW_S)
+            self._accepted.add(self._clock())
         if self._tokens is not None and actual > 0:
             self._tokens.refund(estimated - actual, self.factor)
 
-    def observe(self, rate: RateHeaders | None) -> None:
-        """Take the server's budgets from a response's `x-ratelimit-*` headers."""
+    def observe(self, rate: RateHeaders | None, *, sent_at: float | None = None) -> None:
+        """Take the server's budgets from an answer's rate-limit headers; `sent_at`: when its
+        request was sent (default now)."""
         if rate is None:
             return
-        self._requests = self._adopt(self._requests, rate.requests.limit, self._told[0])
-        self._tokens = self._adopt(self._tokens, rate.tokens.limit, self._told[1])
-        if self._requests is not None:
-            self._learning = False
-        self._pause_for(rate.requests, self._clock(), "requests")
-        self._pause_for(rate.tokens, self._clock(), "tokens")
+        now = self._clock()
+        self._adopt_all(rate)
+        when = now if sent_at is None else sent_at
+        if rate.requests.remaining is not None:
+            self._window.answered(rate.requests, when, self._first_sent or when, self._sent)
+        else:
+            self._window.answered(rate.tokens, when, self._first_sent or when, self._sent_tokens)
+        self._pause_for(rate.requests, now, "requests")
+        self._pause_for(rate.tokens, now, "tokens")
 
     def _adopt(
-        self, bucket: _Bucket | None, limit: float | None, told: float | None
+        self, bucket: _Bucket | None, limit: float | None, told: float | None, per_request: int
     ) -> _Bucket | None:
         if not limit:
             return bucket
         per_minute = (min(limit, told) if told else limit) * self._margin
-        if bucket is None:
-            return _Bucket(per_minute)
-        bucket.per_minute = per_minute
+        if bucket is not None:
+            bucket.per_minute = per_minute
+            return bucket
+        bucket = _Bucket(per_minute)
+        first = self._first_sent
+        if first is not None and self._clock() - first < 60.0:
+            # What went out before the server's first answer counts against its budget.
+            sent = self._sent if per_request else self._sent_tokens
+            bucket.tat = first + sent * 60.0 / (per_minute * self.factor)
         return bucket
 
-    def _pause_for(self, budget: Budget, now: float, name: str) -> None:
-        """None left: wait for one unit to free (the reset is when *all* of it is back)."""
-        if budget.remaining is not None and budget.remaining < 1 and budget.limit:
-            wait = 60.0 / budget.limit
+    def _free_in(self, budget: Budget, now: float) -> float | None:
+        """Seconds until a spent budget frees one unit; None if it is not spent."""
+        if budget.remaining is None or budget.remaining >= 1 or not budget.limit:
+            return None
+        if budget.window_s:  # a fixed window: nothing frees before it resets
             if budget.reset_s is not None:
-                wait = min(wait, budget.reset_s)
+                return budget.reset_s
+            reset = self._window.reset(now)
+            return None if reset is None else reset + RESET_GUARD_S - now
+        wait = 60.0 / budget.limit  # a bucket refills evenly; the reset is when it is full
+        return wait if budget.reset_s is None else min(wait, budget.reset_s)
+
+    def _pause_for(self, budget: Budget, now: float, name: str) -> None:
+        """None left: wait for one unit to free."""
+        wait = self._free_in(budget, now)
+        if wait is not None and wait > 0:
             self._pause_until(now + wait, f"the server's {name} budget is spent")
 
     def _pause_until(self, until: float, why: str) -> None:
@@ -188,30 +291,18 @@ class Limiter:
         new_burst = (
             sent_at > self._last_change if sent_at is not None else now - self._last_change > 1.0
         )
-        resets = [b.reset_s for b in (rate.requests, rate.tokens) if b.reset_s] if rate else []
-        wait = retry_after if retry_after is not None else max(resets, default=None)
-        if wait is None:  # the server says nothing: wait longer each burst until one succeeds
-            if new_burst:
-                self._burst_pause = self._pause_s
-                self._pause_s = min(MAX_PAUSE_S, self._pause_s * 2)
-            wait = self._burst_pause
-            why = "429 without retry-after"
-        elif retry_after is not None:
-            why = f"429, retry-after {retry_after:g}s"
-        else:
-            why = f"429, x-ratelimit-reset {wait:g}s"
+        if rate is not None:
+            self._adopt_all(rate)
+        wait, why = self._wait_after_429(now, retry_after, rate, sent_at, new_burst)
         self._pause_until(now + wait, why)
         self._begin_pause(now, why)
-        self.observe(rate)
         if not new_burst:
             return
         self._last_change = now
         if self._learning:
-            # Answers accepted over the last window, as a per-minute rate: what the server
-            # took while we were over its limit. Start from under that.
-            answers = self._accepted_since(now - ACCEPTED_WINDOW_S)
-            if answers >= MIN_ACCEPTED:
-                accepted = answers * 60.0 / ACCEPTED_WINDOW_S
+            # The rate the server took over the run so far: start again from under it.
+            accepted = self._accepted.per_minute(now)
+            if accepted is not None:
                 if self._requests is None:
                     self._requests = _Bucket(accepted)
                 self._requests.per_minute = accepted
@@ -223,6 +314,55 @@ class Limiter:
                 return
         cut = BACKOFF_FACTOR if self._learning else KNOWN_BACKOFF_FACTOR
         self.factor = max(0.05, self.factor * cut)
+
+    def _adopt_all(self, rate: RateHeaders) -> None:
+        self._requests = self._adopt(self._requests, rate.requests.limit, self._told[0], 1)
+        self._tokens = self._adopt(self._tokens, rate.tokens.limit, self._told[1], 0)
+        if self._requests is not None:
+            self._learning = False
+        for budget in (rate.requests, rate.tokens):
+            if budget.window_s:
+                self._window.length = budget.window_s
+
+    def _wait_after_429(
+        self,
+        now: float,
+        retry_after: float | None,
+        rate: RateHeaders | None,
+        sent_at: float | None,
+        new_burst: bool,
+    ) -> tuple[float, str]:
+        """How long everyone waits after this 429, and why."""
+        window, length = self._window, self._window.length
+        when = now if sent_at is None else sent_at
+        window.blocked = when if window.blocked is None else max(window.blocked, when)
+        if window.resumed_at is not None and when >= window.resumed_at:
+            window.start = window.resumed_at = None  # refused at the estimated reset: wrong
+        if retry_after is not None and length and retry_after >= WHOLE_WINDOW * length:
+            reset = window.reset(now)
+            if reset is None:
+                wait = min(retry_after, self._bare_pause(new_burst))
+                return wait, f"429, probing for the reset of the server's {length:g}s window"
+            if reset + RESET_GUARD_S - now < retry_after:
+                window.resumed_at = reset + RESET_GUARD_S
+                why = f"429, retry-after {retry_after:g}s is the whole {length:g}s window"
+                return window.resumed_at - now, f"{why}: resuming at its reset"
+        if retry_after is not None:
+            return retry_after, f"429, retry-after {retry_after:g}s"
+        if rate is not None:
+            spent = [w for b in (rate.requests, rate.tokens) if (w := self._free_in(b, now))]
+            resets = [b.reset_s for b in (rate.requests, rate.tokens) if b.reset_s is not None]
+            if spent or resets:
+                wait = max(spent) if spent else min(resets)
+                return wait, f"429, the server's budget frees in {wait:.1f}s"
+        return self._bare_pause(new_burst), "429 without retry-after"
+
+    def _bare_pause(self, new_burst: bool) -> float:
+        """The server names no wait: wait longer each burst until an answer arrives."""
+        if new_burst:
+            self._burst_pause = self._pause_s
+            self._pause_s = min(MAX_PAUSE_S, self._pause_s * 2)
+        return self._burst_pause
 
     def _begin_pause(self, now: float, why: str) -> None:
         """Log a 429 pause once, when it begins; later 429s only join it."""
@@ -240,11 +380,6 @@ class Limiter:
                 self._pause_429s,
             )
             self._pause_began = None
-
-    def _accepted_since(self, since: float) -> int:
-        while self._accepted and self._accepted[0] < since:
-            self._accepted.popleft()
-        return len(self._accepted)
 
     def _recover(self, now: float) -> None:
         """Climb back step by step, counting quiet time after the last pause only."""

@@ -39,6 +39,7 @@ LITELLM_SCOPES = (
     "model_per_key",
     "model_per_team",
 )
+LITELLM_WINDOW_S = 60.0  # the proxy's fixed window unless LITELLM_RATE_LIMIT_WINDOW_SIZE says
 _OPENAI_NAMES = tuple(
     tuple(f"x-ratelimit-{field}-{kind}" for field in ("limit", "remaining", "reset"))
     for kind in _KINDS
@@ -173,6 +174,8 @@ def _openai(found: dict[str, str], requests: list[Budget], tokens: list[Budget])
 def _litellm(found: dict[str, str], requests: list[Budget], tokens: list[Budget]) -> None:
     for (limit, remaining), kind in _LITELLM_NAMES:
         budget = Budget(_number(found.get(limit)), _number(found.get(remaining)), None)
+        if budget != _NOTHING:
+            budget = Budget(budget.limit, budget.remaining, None, LITELLM_WINDOW_S)
         _add(requests if kind == "requests" else tokens, budget)
 
 

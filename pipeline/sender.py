@@ -130,7 +130,8 @@ class Sender:
         from .retry import policy  # tenacity is imported only when a request fails
 
         failure: RetryableError | None = first
-        async for attempt in policy(self._config.run.max_retries, sleep=self._backoff):
+        retries = self._config.run.max_retries
+        async for attempt in policy(retries, sleep=self._backoff, limiter_waits=True):
             with attempt:
                 if failure is not None:
                     replay, failure = failure, None
@@ -189,7 +190,7 @@ class Sender:
             raise
         used = completion.prompt_tokens + completion.completion_tokens
         self._limiter.settle(request.est_tokens, used)
-        self._limiter.observe(rate_headers(completion.headers))
+        self._limiter.observe(rate_headers(completion.headers), sent_at=sent_at)
         self.counters.prompt_tokens += completion.prompt_tokens
         self.counters.completion_tokens += completion.completion_tokens
         if self.price is not None:

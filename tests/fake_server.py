@@ -4,7 +4,19 @@ It runs in a background thread of the test process; the CLI under test runs as a
 and talks to it over real HTTP. Tests script failures per prompt (`script`) or for every
 request (`always`), draw them at random rates (`error_rate`, `rate_limit_rate`,
 `truncate_rate`), or make it go down after some requests (`down_after`), and inspect what
-arrived (`requests`, `headers`).
+arrived (`requests`, `headers`) and when, with the status answered (`arrivals`).
+
+Gateway mode (`litellm_window=(quota, window_s)`) puts a LiteLLM proxy's per-key limiter in
+front of the model: a fixed window of `window_s` seconds begins at the first chat request
+after the previous window ended, and admits `quota` requests. An admitted request goes on to
+the model (scripts, `always`, random rates as usual), and its answer carries
+`x-ratelimit-api_key-limit-requests: <quota>` and `x-ratelimit-api_key-remaining-requests:
+<left after this one>`; a request over the quota gets a 429 with only `retry-after: <window_s>`
+(the whole window, whenever the window under way ends) and a LiteLLM-like JSON error, and
+reaches neither the scripts nor the random draws. `litellm_used=N` with `litellm_resets_in=S`
+says someone else already spent N of the window under way when the first chat request
+arrives, a window that ends S seconds after that request (default `window_s`; measured from
+the first request, not from `start()`, so a slow-starting client sees the same window).
 
 Run `python tests/fake_server.py --help` to serve in the foreground, with the same behaviours.
 """
@@ -21,6 +33,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
@@ -54,6 +67,28 @@ DEFAULT_MODELS: list[dict[str, Any]] = [
 _STATUS_ACTIONS = {"200", "400", "401", "403", "404", "429", "500", "503"}
 _OTHER_ACTIONS = {"drop", "truncate", "nochoices", "down"}
 _RETRY_AFTER = "429:retry-after="
+_GATEWAY_429 = "gateway-429"  # internal: the gateway's limiter refused the request
+
+
+@dataclass
+class Arrival:
+    """One chat request: when it arrived (`time.monotonic()`, before any latency) and the
+    status it was answered (None: no answer, the connection was dropped or the server went
+    down)."""
+
+    at: float
+    status: int | None
+
+
+def _status_of(action: str) -> int | None:
+    """The HTTP status an action answers with (None: no answer)."""
+    if action in ("drop", "down"):
+        return None
+    if action in ("truncate", "nochoices"):
+        return 200
+    if action == _GATEWAY_429 or action.startswith(_RETRY_AFTER):
+        return 429
+    return int(action)
 
 
 def _oxen_error(kind: str, title: str, detail: str) -> dict[str, Any]:
@@ -114,7 +149,28 @@ class FakeServer:
         models: list[dict[str, Any]] | None = None,
         port: int = 0,
         seed: int | None = None,
+        litellm_window: tuple[int, float] | None = None,
+        litellm_used: int = 0,
+        litellm_resets_in: float | None = None,
     ) -> None:
+        if litellm_window is None and (litellm_used or litellm_resets_in is not None):
+            raise ValueError("litellm_used and litellm_resets_in need litellm_window")
+        if litellm_window is not None:
+            quota, window_s = litellm_window
+            if quota < 1 or window_s <= 0:
+                raise ValueError(
+                    f"litellm_window needs a quota >= 1 and a window > 0, got {litellm_window}"
+                )
+            if not 0 <= litellm_used <= quota:
+                raise ValueError(f"litellm_used must be 0 to the quota {quota}")
+            if litellm_resets_in is not None and not 0 < litellm_resets_in <= window_s:
+                raise ValueError(f"litellm_resets_in must be over 0 and at most {window_s:g}")
+        # The gateway's fixed window: quota, length, when the window under way began (None:
+        # none yet) and the requests it admitted.
+        self.litellm_window = litellm_window
+        self._window_start: float | None = None
+        self._window_count = 0
+        self._pre_spent = (litellm_used, litellm_resets_in)
         self.answer: Answer = answer or echo
         self.latency = latency
         self.models: list[dict[str, Any]] = copy.deepcopy(
@@ -123,6 +179,7 @@ class FakeServer:
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.gets: list[str] = []  # paths of GET requests, in arrival order
+        self.arrivals: list[Arrival] = []  # one per chat request, in arrival order
         self.model_route = True  # False: no /models/{id} route, as llama.cpp's server
         self.require_key: str | None = None  # set: every route answers 401 to another key
         # Shares of unscripted chat requests that fail at random (drawn from `seed`):
@@ -251,21 +308,62 @@ class FakeServer:
 
     # -- request handling (called from handler threads) ------------------------------------
 
-    def _record(self, body: dict[str, Any], headers: dict[str, str]) -> tuple[str, int]:
-        """Record a chat request and pick its action; returns (action, serial number)."""
+    def _record(
+        self, body: dict[str, Any], headers: dict[str, str], at: float
+    ) -> tuple[str, int, Arrival, dict[str, str]]:
+        """Record a chat request that arrived at `at` and pick its action; returns (action,
+        serial number, its arrival record, the gateway's headers for its answer)."""
         text = last_content(body)
         with self._lock:
             self.requests.append(body)
             self.headers.append(headers)
             self._serial += 1
-            if self._down_after is not None and self._serial > self._down_after:
-                return "down", self._serial
-            if self._always is not None:
-                return self._always, self._serial
-            for match, actions in self._scripts:
-                if actions and match in text:
-                    return actions.pop(0), self._serial
-            return self._draw(), self._serial
+            action, extra = self._pick(text, at)
+            arrival = Arrival(at, _status_of(action))
+            self.arrivals.append(arrival)
+            return action, self._serial, arrival, extra
+
+    def _pick(self, text: str, at: float) -> tuple[str, dict[str, str]]:
+        """The action of a chat request and the gateway's headers (under the lock)."""
+        if self._down_after is not None and self._serial > self._down_after:
+            return "down", {}
+        extra: dict[str, str] = {}
+        if self.litellm_window is not None:
+            left = self._admit(at)
+            if left is None:
+                return _GATEWAY_429, {"retry-after": str(int(self.litellm_window[1]))}
+            extra = {
+                "x-ratelimit-api_key-limit-requests": str(self.litellm_window[0]),
+                "x-ratelimit-api_key-remaining-requests": str(left),
+            }
+        if self._always is not None:
+            return self._always, extra
+        for match, actions in self._scripts:
+            if actions and match in text:
+                return actions.pop(0), extra
+        return self._draw(), extra
+
+    def _admit(self, at: float) -> int | None:
+        """The gateway's fixed window: count a request arriving at `at`; returns the quota
+        left after it, or None when it is over the quota (under the lock)."""
+        assert self.litellm_window is not None
+        quota, window_s = self.litellm_window
+        if self._window_start is None:
+            used, resets_in = self._pre_spent
+            if used or resets_in is not None:  # someone else's window, ending resets_in from now
+                ends = at + (window_s if resets_in is None else resets_in)
+                self._window_start, self._window_count = ends - window_s, used
+        if self._window_start is None or at >= self._window_start + window_s:
+            self._window_start, self._window_count = at, 0
+        if self._window_count >= quota:
+            return None
+        self._window_count += 1
+        return quota - self._window_count
+
+    def statuses(self) -> list[int | None]:
+        """The status each chat request was answered, in arrival order."""
+        with self._lock:
+            return [arrival.status for arrival in self.arrivals]
 
     def _draw(self) -> str:
         """The action of an unscripted request, by the random rates (under the lock)."""
@@ -351,6 +449,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        self._gateway_headers: dict[str, str] = {}  # the gateway's, on a chat answer
         self.server.track(self.connection, add=True)
 
     def finish(self) -> None:
@@ -405,17 +504,29 @@ class _Handler(BaseHTTPRequestHandler):
             return
         fake = self.server.fake
         headers = {name.lower(): value for name, value in self.headers.items()}
-        action, serial = fake._record(body, headers)
+        action, serial, arrival, extra = fake._record(body, headers, time.monotonic())
         if fake.latency > 0:
             time.sleep(fake.latency)
-        self._act(action, body, serial)
+        self._gateway_headers = extra
+        try:
+            self._act(action, body, serial, arrival)
+        finally:
+            self._gateway_headers = {}
 
     # -- actions ---------------------------------------------------------------------------
 
-    def _act(self, action: str, body: dict[str, Any], serial: int) -> None:
+    def _act(self, action: str, body: dict[str, Any], serial: int, arrival: Arrival) -> None:
         model = str(body.get("model", ""))
         if action == "200":
-            self._send_answer(body, serial)
+            self._send_answer(body, serial, arrival)
+        elif action == _GATEWAY_429:
+            quota = self.server.fake.litellm_window[0] if self.server.fake.litellm_window else 0
+            message = (
+                "Rate limit exceeded for api_key: fake-key-hash. Limit type: requests. "
+                f"Current limit: {quota}, Remaining: 0."
+            )
+            error = {"message": message, "type": "None", "param": "None", "code": "429"}
+            self._send_json(429, {"error": error})
         elif action == "429" or action.startswith(_RETRY_AFTER):
             extra = {}
             if action.startswith(_RETRY_AFTER):
@@ -460,10 +571,11 @@ class _Handler(BaseHTTPRequestHandler):
         else:  # pragma: no cover - actions are checked when scripted
             raise AssertionError(f"unhandled action {action!r}")
 
-    def _send_answer(self, body: dict[str, Any], serial: int) -> None:
+    def _send_answer(self, body: dict[str, Any], serial: int, arrival: Arrival) -> None:
         try:
             payload = self.server.fake._completion(body, serial)
         except Exception as exc:  # a broken test callback must show, not hang the client
+            arrival.status = 500
             message = f"fake server answer() raised {type(exc).__name__}: {exc}"
             self._send_json(500, {"error": {"message": message}})
             return
@@ -513,7 +625,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
-        for name, value in (extra_headers or {}).items():
+        for name, value in {**self._gateway_headers, **(extra_headers or {})}.items():
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
@@ -525,6 +637,20 @@ def _rate(text: str) -> float:
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"expected a share from 0 to 1, got {text}")
     return value
+
+
+def _window(text: str) -> tuple[int, float]:
+    """A gateway window, QUOTA/SECONDS (e.g. 600/60)."""
+    quota, _, seconds = text.partition("/")
+    try:
+        window = int(quota), float(seconds or "60")
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected QUOTA/SECONDS, e.g. 600/60, got {text}"
+        ) from None
+    if window[0] < 1 or window[1] <= 0:
+        raise argparse.ArgumentTypeError(f"expected a quota >= 1 and seconds > 0, got {text}")
+    return window
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -577,10 +703,41 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--seed", type=int, metavar="N", help="seed of the random draws (default: random)"
     )
+    parser.add_argument(
+        "--litellm-window",
+        type=_window,
+        metavar="QUOTA/SECONDS",
+        help="a LiteLLM proxy's per-key fixed window in front of the model, e.g. 600/60: "
+        "x-ratelimit-api_key-{limit,remaining}-requests on answers, a 429 with retry-after "
+        "SECONDS over the quota",
+    )
+    parser.add_argument(
+        "--litellm-used",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --litellm-window: N of the quota already spent when the first request comes",
+    )
+    parser.add_argument(
+        "--litellm-resets-in",
+        type=float,
+        metavar="S",
+        help="with --litellm-window: the window under way ends S seconds after the first request",
+    )
     args = parser.parse_args(argv)
     if args.error_rate + args.rate_limit_rate + args.truncate_rate > 1:
         parser.error("--error-rate, --rate-limit-rate and --truncate-rate add up to more than 1")
-    server = FakeServer(latency=args.latency, port=args.port, seed=args.seed)
+    try:
+        server = FakeServer(
+            latency=args.latency,
+            port=args.port,
+            seed=args.seed,
+            litellm_window=args.litellm_window,
+            litellm_used=args.litellm_used,
+            litellm_resets_in=args.litellm_resets_in,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
     server.error_rate = args.error_rate
     server.rate_limit_rate = args.rate_limit_rate
     server.truncate_rate = args.truncate_rate

@@ -13,6 +13,7 @@ from pipeline.limiter import (
     KNOWN_BACKOFF_FACTOR,
     MARGIN,
     MIN_ACCEPTED,
+    MIN_SPAN_S,
     RECOVERY_S,
     RECOVERY_STEP,
     Limiter,
@@ -364,9 +365,17 @@ def test_known_limits_are_paced_a_little_under() -> None:
 
 def test_429_with_only_a_reset_header_waits_for_the_reset() -> None:
     limiter, fake = make(rpm=600)
-    limiter.rate_limited_by_server(None, rate=headers(600, 0, "2.5s"))
+    limiter.rate_limited_by_server(None, rate=headers(None, None, "2.5s"))
     acquire(limiter)
     assert fake.now == pytest.approx(START + 2.5)
+
+
+def test_429_on_a_spent_bucket_waits_for_one_request_not_the_full_refill() -> None:
+    # OpenAI's reset is when the whole budget is back; it refills evenly before that.
+    limiter, fake = make(rpm=600)
+    limiter.rate_limited_by_server(None, rate=headers(600, 0, "2.5s"))
+    acquire(limiter)
+    assert fake.now == pytest.approx(START + 0.1)
 
 
 def test_bare_429s_double_the_pause_until_an_answer_arrives() -> None:
@@ -405,13 +414,14 @@ def test_with_no_budget_the_first_429_learns_one_from_the_accepted_rate() -> Non
     assert limiter.requests_per_minute is None
     limiter.rate_limited_by_server(1.0, sent_at=fake.now)
     learned = limiter.requests_per_minute
-    # 21 accepted in the last 10 s, as a per-minute rate, and a step under it.
-    assert learned == pytest.approx(21 * 6 * ACCEPTED_FACTOR)
+    # The rate accepted since the first answer (not diluted over a longer fixed span),
+    # and a step under it.
+    assert learned == pytest.approx(1200 * ACCEPTED_FACTOR, rel=0.05)
     # A learned budget may climb past where it started: the real limit may be higher.
     fake.now += 1.0 + 10 * RECOVERY_S  # the pause, then ten quiet periods
     acquire(limiter)
     assert limiter.requests_per_minute == pytest.approx(learned * (1 + RECOVERY_STEP) ** 10)
-    assert limiter.requests_per_minute > 21 * 6
+    assert limiter.requests_per_minute > 1200
 
 
 def test_a_429_after_too_few_answers_only_pauses() -> None:
@@ -427,8 +437,30 @@ def test_a_429_after_too_few_answers_only_pauses() -> None:
         limiter.settle(1, 1)
         fake.now += 0.01
     limiter.rate_limited_by_server(0.2, sent_at=fake.now)
-    answers = 2 * MIN_ACCEPTED - 1  # all within the last 10 s
-    assert limiter.requests_per_minute == pytest.approx(answers * 6 * ACCEPTED_FACTOR)
+    answers = 2 * MIN_ACCEPTED - 1  # in under MIN_SPAN_S: counted as if over MIN_SPAN_S
+    expected = answers * 60 / MIN_SPAN_S * ACCEPTED_FACTOR
+    assert limiter.requests_per_minute == pytest.approx(expected)
+
+
+def test_a_long_window_is_learned_from_the_whole_run_not_the_last_seconds() -> None:
+    # 3,000 accepted in the first 3 s of a 60 s window, then only 429s until it slides.
+    limiter, fake = make()
+    for _ in range(3000):
+        limiter.settle(1, 1)
+        fake.now += 0.001
+    probes = 0
+    while fake.now < START + 60:  # a probe after each pause (1, 2, 4, 4... s): new bursts
+        sent = asyncio.run(limiter.acquire(1))
+        fake.now = max(fake.now, sent) + 0.05
+        limiter.rate_limited_by_server(None, sent_at=sent)
+        fake.now = limiter.paused_until
+        probes += 1
+    assert probes > 10
+    learned = limiter.requests_per_minute
+    assert learned is not None
+    # Near the 3,000 a minute the server allowed, and a step under it; a 10 s view would
+    # have had nothing to learn from, and cutting at each burst would have reached the floor.
+    assert 3000 * ACCEPTED_FACTOR * 0.8 < learned < 3000 * ACCEPTED_FACTOR * 1.2
 
 
 SIX_HUNDRED_A_MINUTE = {

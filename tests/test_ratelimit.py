@@ -86,8 +86,9 @@ def test_litellm_key_scope_alongside_the_provider_budgets() -> None:
             "x-litellm-model-id": "abc123",
         }
     )
-    assert found.requests == Budget(100, 97, None)  # the key's budget is the tighter
-    assert found.tokens == Budget(20000, 18800, None)
+    # The key's budget is the tighter; LiteLLM counts it in a fixed 60 s window.
+    assert found.requests == Budget(100, 97, None, 60)
+    assert found.tokens == Budget(20000, 18800, None, 60)
 
 
 def test_litellm_tightest_scope_sets_pace_and_scarcity_apart() -> None:
@@ -103,8 +104,8 @@ def test_litellm_tightest_scope_sets_pace_and_scarcity_apart() -> None:
             "x-ratelimit-team-remaining-tokens": "400",
         }
     )
-    assert found.requests == Budget(60, 0, None)  # the key's pace, the model's empty budget
-    assert found.tokens == Budget(3000, 400, None)
+    assert found.requests == Budget(60, 0, None, 60)  # the key's pace, the model's empty budget
+    assert found.tokens == Budget(3000, 400, None, 60)
 
 
 def test_anthropic_headers_with_rfc3339_resets() -> None:

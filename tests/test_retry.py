@@ -17,7 +17,7 @@ from pipeline.errors import (
     RequestError,
     RetryableError,
 )
-from pipeline.retry import policy
+from pipeline.retry import RATE_LIMITED_RETRIES, policy
 
 T = TypeVar("T")
 
@@ -170,3 +170,36 @@ def test_attempts_never_exceed_max_retries_plus_one(max_retries: int, failures: 
             run_with_policy(flaky, max_retries, sleep, initial_s=0.01)
         assert flaky.calls == max_retries + 1
     assert len(sleep.waits) == flaky.calls - 1
+
+
+def test_with_a_limiter_a_429_is_retried_at_once_for_the_limiter_to_hold() -> None:
+    flaky, sleep = Flaky([RateLimited("429", retry_after=60.0)]), FakeSleep()
+
+    assert asyncio.run(policy(5, sleep=sleep, limiter_waits=True)(flaky)) == "done"
+    assert sleep.waits == [0.0]  # the limiter's pause, shared by every request, waits
+
+
+def test_with_a_limiter_429s_do_not_use_up_max_retries() -> None:
+    errors: list[BaseException] = [RateLimited("429") for _ in range(RATE_LIMITED_RETRIES)]
+    errors += [RetryableError("503", status=503)] * 2
+    flaky, sleep = Flaky(errors), FakeSleep()
+
+    assert asyncio.run(policy(2, sleep=sleep, limiter_waits=True)(flaky)) == "done"
+    assert flaky.calls == RATE_LIMITED_RETRIES + 3
+
+
+def test_with_a_limiter_429s_have_an_allowance_of_their_own() -> None:
+    errors = [RateLimited(f"429 #{i}") for i in range(RATE_LIMITED_RETRIES + 5)]
+    flaky, sleep = Flaky(errors), FakeSleep()
+
+    with pytest.raises(RateLimited, match=f"#{RATE_LIMITED_RETRIES}$"):
+        asyncio.run(policy(2, sleep=sleep, limiter_waits=True)(flaky))
+    assert flaky.calls == RATE_LIMITED_RETRIES + 1
+
+
+def test_with_a_limiter_zero_retries_still_means_one_attempt() -> None:
+    flaky, sleep = Flaky([RateLimited("429")]), FakeSleep()
+
+    with pytest.raises(RateLimited):
+        asyncio.run(policy(0, sleep=sleep, limiter_waits=True)(flaky))
+    assert flaky.calls == 1
