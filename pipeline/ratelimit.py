@@ -11,7 +11,10 @@ Dialects (header names case-insensitive):
 - IETF draft: `RateLimit-Policy: "default";q=100;w=60` with `RateLimit: "default";r=50;t=30`
   (a policy's `qu="tokens"` makes it a token budget), and the older `RateLimit-Limit`,
   `RateLimit-Remaining`, `RateLimit-Reset` triple, its window from `w=` (`RateLimit-Policy:
-  100;w=60`). A quota of q per w seconds is paced as q*60/w per minute; `window_s` keeps w.
+  100;w=60`), and draft 07's `RateLimit: limit=100, remaining=50, reset=30`. A quota of q
+  per w seconds is paced as q*60/w per minute; `window_s` keeps w.
+- The LiteLLM proxy passes the provider's own headers on prefixed `llm_provider-`: read in
+  every dialect above, as one more scope.
 
 When several scopes name one budget the tightest wins: the smallest limit sets the pace, and
 the scope with the least left says what remains and when it resets. Unreadable values are None.
@@ -29,6 +32,7 @@ from datetime import datetime
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 _MARK = "ratelimit"  # in every dialect's names: a response without it has nothing to read
+_PROVIDER = "llm_provider-"  # LiteLLM's prefix for the headers of the provider behind it
 _KINDS = ("requests", "tokens")
 LITELLM_SCOPES = (
     "api_key",
@@ -127,6 +131,20 @@ def rate_headers(headers: Mapping[str, str], now: float | None = None) -> RateHe
             found[low] = f"{found[low]}, {value}" if low in found else value
     requests: list[Budget] = []
     tokens: list[Budget] = []
+    _dialects(found, now, requests, tokens)
+    provider = {
+        name[len(_PROVIDER) :]: value for name, value in found.items() if name.startswith(_PROVIDER)
+    }
+    if provider:  # the LiteLLM proxy passes the provider's own on under a prefix
+        _dialects(provider, now, requests, tokens)
+    if not requests and not tokens:
+        return None
+    return RateHeaders(tightest(requests), tightest(tokens))
+
+
+def _dialects(
+    found: dict[str, str], now: float | None, requests: list[Budget], tokens: list[Budget]
+) -> None:
     _openai(found, requests, tokens)
     other = found.keys() - _OPENAI  # most responses stop here: only the OpenAI six
     if other:
@@ -136,9 +154,6 @@ def rate_headers(headers: Mapping[str, str], now: float | None = None) -> RateHe
             _anthropic(found, now, requests, tokens)
         if any(name.startswith("ratelimit") for name in other):
             _ietf(found, requests, tokens)
-    if not requests and not tokens:
-        return None
-    return RateHeaders(tightest(requests), tightest(tokens))
 
 
 def tightest(budgets: list[Budget]) -> Budget:
@@ -217,6 +232,17 @@ def _ietf(found: dict[str, str], requests: list[Budget], tokens: list[Budget]) -
         unit = policy.get("qu", "requests")
         if unit in _KINDS:
             _add(requests if unit == "requests" else tokens, budget)
+    fields = {  # draft 07: `RateLimit: limit=100, remaining=50, reset=30`
+        key.strip().lower(): value.strip()
+        for item, _ in _members(found.get("ratelimit"))
+        for key, sep, value in [item.partition("=")]
+        if sep
+    }
+    if "limit" in fields or "remaining" in fields:
+        quota = _number(fields.get("limit"))
+        window = windows.get(quota) if quota is not None else None
+        remaining, reset = _number(fields.get("remaining")), _number(fields.get("reset"))
+        _add(requests, _per_minute(quota, window, remaining, reset))
     if "ratelimit-limit" in found or "ratelimit-remaining" in found:
         members = _members(found.get("ratelimit-limit"))
         quota = _number(members[0][0]) if members else None

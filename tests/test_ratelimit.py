@@ -193,6 +193,29 @@ def test_ietf_older_triple_with_a_window() -> None:
     )
 
 
+def test_ietf_draft_07_dictionary_form() -> None:
+    found = read({"RateLimit": "limit=100, remaining=50, reset=30", "RateLimit-Policy": "100;w=60"})
+    assert found.requests == Budget(100, 50, 30, 60)
+    found = read({"RateLimit": "limit=10, remaining=0, reset=1", "RateLimit-Policy": "10;w=1"})
+    assert found.requests == Budget(600, 0, 1, 1)  # 10 a second is 600 a minute
+
+
+def test_the_providers_headers_passed_on_by_litellm_are_one_more_scope() -> None:
+    found = read(
+        {
+            "x-ratelimit-api_key-limit-requests": "1000",
+            "x-ratelimit-api_key-remaining-requests": "990",
+            "llm_provider-x-ratelimit-limit-requests": "500",  # the provider's, tighter
+            "llm_provider-x-ratelimit-remaining-requests": "499",
+            "llm_provider-x-ratelimit-reset-requests": "120ms",
+            "llm_provider-anthropic-ratelimit-tokens-limit": "80000",
+            "llm_provider-anthropic-ratelimit-tokens-remaining": "79000",
+        }
+    )
+    assert found.requests == Budget(500, 499, pytest.approx(0.12))
+    assert found.tokens == Budget(80000, 79000, None)
+
+
 @pytest.mark.parametrize(
     "raw",
     [
