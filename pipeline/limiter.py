@@ -54,6 +54,7 @@ MIN_ACCEPTED = 5  # fewer answers than this: too little to learn a limit from
 BOOKED_NOTE_S = 1.0  # a budget booked this far ahead is what the run waits for: `waiting` says so
 WHOLE_WINDOW = 0.9  # a Retry-After this share of a fixed window or more names no reset
 RESET_GUARD_S = 0.1  # resume this long after a fixed window's estimated reset
+LOGGED_PAUSE_S = 2.0  # a spent budget's pause this long or longer is logged, begin and end
 
 
 class _Bucket:
@@ -270,7 +271,10 @@ class Limiter:
         """None left: wait for one unit to free."""
         wait = self._free_in(budget, now)
         if wait is not None and wait > 0:
-            self._pause_until(now + wait, f"the server's {name} budget is spent")
+            why = f"the server's {name} budget is spent"
+            self._pause_until(now + wait, why)
+            if wait >= LOGGED_PAUSE_S:  # a fixed window's reset, say: not a silent wait
+                self._begin_pause(now, f"{why} until its window resets", refusals=0)
 
     def _pause_until(self, until: float, why: str) -> None:
         if until > self.paused_until:
@@ -364,13 +368,14 @@ class Limiter:
             self._pause_s = min(MAX_PAUSE_S, self._pause_s * 2)
         return self._burst_pause
 
-    def _begin_pause(self, now: float, why: str) -> None:
-        """Log a 429 pause once, when it begins; later 429s only join it."""
-        self._pause_429s += 1
+    def _begin_pause(self, now: float, why: str, refusals: int = 1) -> None:
+        """Log a pause once, when it begins; later 429s only join it."""
+        self._pause_429s += refusals
         if self._pause_began is None:
-            self._pause_began, self._pause_429s = now, 1
+            self._pause_began, self._pause_429s = now, refusals
             wait = round(self.paused_until - now, 1)
-            log.info("the server answered %s: every request waits %gs", why, wait)
+            said = "the server answered " if refusals else ""
+            log.info("%s%s: every request waits %gs", said, why, wait)
 
     def _end_pause(self, now: float) -> None:
         if self._pause_began is not None and now >= self.paused_until:

@@ -133,3 +133,21 @@ def test_a_60s_sliding_window_is_learned_within_two_windows() -> None:
 def test_a_10s_sliding_window_is_still_learned() -> None:
     out = simulate(SlidingWindow(500, window_s=10), limiter(), rows=3000, workers=64)
     assert out.per_window_pct(500, 10, after=10) >= 80.0
+
+
+def test_a_spent_fixed_window_pauses_until_its_reset_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("INFO", logger="pipeline.limiter")
+    lim, now = on_a_clock()
+    answer(lim, 599, asyncio.run(lim.acquire(1)))  # the run's first request began the window
+    now[0] = START + 45
+    answer(lim, 0, now[0])  # the window's last request: nothing frees before its reset
+    assert lim.paused_until == pytest.approx(START + 60 + RESET_GUARD_S)
+    asyncio.run(lim.acquire(1))
+    assert now[0] == pytest.approx(START + 60 + RESET_GUARD_S)
+    lines = [record.getMessage() for record in caplog.records]
+    assert lines == [
+        "the server's requests budget is spent until its window resets: every request waits 15.1s",
+        "rate-limit pause over after 15s (429 answers during it: 0): sending resumes",
+    ]
