@@ -13,8 +13,14 @@ with the run's conditions, into docs/performance.md between its markers.
 S1 zero-latency throughput: CLI vs raw httpx vs raw aiohttp. S2 client told the server's
 limit (3,000 RPM, 400,000 TPM, 10 s sliding window, 50 ms latency). S3 injected 5xx, drops
 and truncated bodies. S4a/S4b the limit not told, the server sends rate headers (a) or bare
-429s (b). S5 peak RSS over 100 k / 1 M / 10 M Parquet rows, and a resume over 1 M stored rows (from
-the memo, then again row by row with the memo cleared).
+429s (b). S4c the limit not told, a 60 s sliding window and bare 429s: the limit must be
+learnt over several minutes (12,000 rows; the share of the limit is measured after the first
+two windows, and for the learning phase from 0 s and 60 s). S5 peak RSS over 100 k / 1 M /
+10 M Parquet rows, and a resume over 1 M stored rows (from the memo, then again row by row
+with the memo cleared). S8 a real gateway: the LiteLLM proxy (installed once into
+.bench/litellm-VERSION/, a per-key limit set by a custom_auth module, its fixed 60 s window)
+in front of an unlimited mock, three cases (600 RPM told, 600 RPM not told, 9,000 TPM told),
+each beside the same case on the bench mock as the gateway (60 s sliding window, headers).
 The header names the git commit and a hash of pipeline/*.py; a line is flagged when that code
 changed during the run, or when other processes kept the CPUs busy while it ran.
 """
@@ -23,15 +29,19 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import http.client
 import json
 import os
 import platform
+import secrets
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
@@ -49,6 +59,7 @@ PY = sys.executable
 CLIENT_CPU = 0
 MODEL = "bench-model"
 MAX_TOKENS = 16
+MOCK_COMPLETION_TOKENS = 4  # bench_server.py's usage.completion_tokens of every answer
 UNSET_KEY_ENV = "PIPELINE_BENCH_NO_KEY"  # removed from the children's environment
 SERVER_START_S = 30.0
 SERVER_STOP_S = 30.0
@@ -56,10 +67,40 @@ POLL_S = 0.01
 RSS_EVERY_S = 1.0
 RPM, TPM, WINDOW_S, LATENCY_S = 3000, 400_000, 10, 0.05
 GIB_MB = 1024.0
-SCENARIOS = ("S1", "S2", "S3", "S4a", "S4b", "S5")
+# S8: the LiteLLM proxy, installed once into its own venv under .bench/ (git-ignored)
+LITELLM_VERSION = "1.108.7"
+LITELLM_SPEC = f"litellm[proxy]=={LITELLM_VERSION}"
+LITELLM_VENV = ROOT / ".bench" / f"litellm-{LITELLM_VERSION}"
+LITELLM_MARKER = ".bench-installed"  # in the venv; holds LITELLM_SPEC once pip succeeded
+LITELLM_INSTALL_S = 900.0
+PROXY_START_S = 90.0  # it takes ~11 s: imports, then the config
+PROXY_STOP_S = 30.0
+PROXY_KEY_ENV = "PIPELINE_BENCH_PROXY_KEY"  # set in the clients' environment
+PROXY_CLIENT_KEY = "sk-bench-client"  # any key passes the custom_auth below
+S8_RPM, S8_TPM, S8_CONCURRENCY, S8_WINDOW_S = 600, 9_000, 32, 60
+SCENARIOS = ("S1", "S2", "S3", "S4a", "S4b", "S4c", "S5", "S8")
+S4C_WINDOW_S = 60  # S4c: the server's sliding window; the share is counted after two of them
 
-FULL = {"S1": 20_000, "S2": 2_000, "S3": 5_000, "S4": 3_000, "resume": 1_000_000}
-QUICK = {"S1": 10_000, "S2": 1_000, "S3": 2_000, "S4": 2_000, "resume": 1_000_000}
+FULL = {
+    "S1": 20_000,
+    "S2": 2_000,
+    "S3": 5_000,
+    "S4": 3_000,
+    "S4c": 12_000,
+    "S8": 1_500,
+    "resume": 1_000_000,
+}
+QUICK = {
+    "S1": 10_000,
+    "S2": 1_000,
+    "S3": 2_000,
+    "S4": 2_000,
+    # 3.5 windows at the limit: the target counts the windows after the first two, so a run
+    # of 9,000 rows (three windows) would leave none to count when the client keeps up
+    "S4c": 10_500,
+    "S8": 900,
+    "resume": 1_000_000,
+}
 S5_FULL = (100_000, 1_000_000, 10_000_000)
 S5_QUICK = (100_000, 1_000_000)
 
@@ -141,10 +182,11 @@ class Child:
 
 
 def child_env() -> dict[str, str]:
-    """The environment for clients: no API key variable, no proxies."""
+    """The environment for clients: no API key variable, no proxies; the S8 client key."""
     drop = {UNSET_KEY_ENV, "http_proxy", "https_proxy", "all_proxy"}
     env = {k: v for k, v in os.environ.items() if k.lower() not in drop and k not in drop}
     env["PYTHONPATH"] = str(ROOT)
+    env[PROXY_KEY_ENV] = PROXY_CLIENT_KEY
     return env
 
 
@@ -326,6 +368,206 @@ def server_note(stats: dict[str, Any]) -> str:
     return f"server {1e6 * cpu / requests:.0f} µs/req{busy}"
 
 
+# --- the LiteLLM proxy (S8) --------------------------------------------------------------
+
+# The proxy's custom_auth hook, written beside its config (the proxy imports `auth` from its
+# working directory): every key passes, with the per-key limits the bench sets in its
+# environment. The proxy then enforces them in a fixed 60 s window per key and sends
+# `x-ratelimit-api_key-{limit,remaining}-{requests,tokens}` on every 200.
+PROXY_AUTH = '''"""custom_auth of the bench's LiteLLM proxy: any key, limits from the env."""
+import os
+
+from fastapi import Request
+from litellm.proxy._types import UserAPIKeyAuth
+
+
+async def user_api_key_auth(request: Request, api_key: str) -> UserAPIKeyAuth:
+    rpm, tpm = os.environ.get("BENCH_KEY_RPM"), os.environ.get("BENCH_KEY_TPM")
+    return UserAPIKeyAuth(
+        api_key=api_key,
+        rpm_limit=int(rpm) if rpm else None,
+        tpm_limit=int(tpm) if tpm else None,
+    )
+'''
+
+
+def last_line(path: Path, prefer: str = "ERROR") -> str:
+    """The last line of a log starting with `prefer`, else its last non-blank line."""
+    with suppress(OSError):
+        lines = [t.strip() for t in path.read_text(errors="replace").splitlines() if t.strip()]
+        chosen = [t for t in lines if t.startswith(prefer)] or lines
+        if chosen:
+            return chosen[-1][:200]
+    return f"(nothing in {path.name})"
+
+
+def ensure_litellm(log: Callable[[str], None]) -> tuple[Path | None, str]:
+    """LITELLM_VENV's `litellm` program, installed by pip on first use; (None, why) if not.
+
+    An install counts once the marker file in the venv names LITELLM_SPEC; anything else
+    there (an interrupted install, another version) is cleared and installed again.
+    """
+    program = LITELLM_VENV / "bin" / "litellm"
+    marker = LITELLM_VENV / LITELLM_MARKER
+    with suppress(OSError):
+        if program.exists() and marker.read_text(encoding="utf-8").strip() == LITELLM_SPEC:
+            return program, f"LiteLLM {LITELLM_VERSION} already in {LITELLM_VENV.relative_to(ROOT)}"
+    install_log = LITELLM_VENV.with_name(LITELLM_VENV.name + ".install.log")
+    log(
+        f"S8: installing {LITELLM_SPEC} into {LITELLM_VENV.relative_to(ROOT)} (about a "
+        f"minute; log in {install_log.relative_to(ROOT)})"
+    )
+    steps = [
+        [PY, "-m", "venv", "--clear", str(LITELLM_VENV)],
+        [str(LITELLM_VENV / "bin" / "python"), "-m", "pip", "install", "-q", LITELLM_SPEC],
+    ]
+    deadline = time.monotonic() + LITELLM_INSTALL_S
+    try:
+        LITELLM_VENV.parent.mkdir(parents=True, exist_ok=True)
+        with install_log.open("wb") as out:
+            for step in steps:  # pip keeps the environment: it may need the proxy variables
+                left = max(1.0, deadline - time.monotonic())
+                done = subprocess.run(step, stdout=out, stderr=subprocess.STDOUT, timeout=left)
+                if done.returncode:
+                    what = " ".join(Path(step[0]).name if i == 0 else a for i, a in enumerate(step))
+                    return None, f"`{what}` exited {done.returncode}: {last_line(install_log)}"
+    except subprocess.TimeoutExpired:
+        return None, f"the install took over {LITELLM_INSTALL_S:.0f} s"
+    except OSError as exc:
+        return None, f"the install failed: {exc}"
+    if not program.exists():
+        return None, f"pip installed {LITELLM_SPEC} but left no bin/litellm"
+    marker.write_text(LITELLM_SPEC + "\n", encoding="utf-8")
+    return program, f"installed LiteLLM {LITELLM_VERSION} into {LITELLM_VENV.relative_to(ROOT)}"
+
+
+@dataclass
+class Proxy:
+    """A running LiteLLM proxy."""
+
+    port: int
+    pid: int
+    live_after_s: float  # from spawn to the first 200 of /health/liveliness
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def cpu_s(self) -> float | None:
+        return process_cpu_s(self.pid)
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a running process, all its threads, from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 free right now (the proxy wants a number; it cannot report one)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def proxy_env(rpm: int | None, tpm: int | None) -> dict[str, str]:
+    """The proxy's environment: no HTTP proxies or database, a short log, nothing fetched."""
+    drop = {"http_proxy", "https_proxy", "all_proxy", "database_url"}
+    drop |= {"bench_key_rpm", "bench_key_tpm"}  # set below, from this case only
+    env = {k: v for k, v in os.environ.items() if k.lower() not in drop}
+    env["LITELLM_LOG"] = "ERROR"
+    env["LITELLM_TELEMETRY"] = "False"
+    env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"  # no fetch of the price list at import
+    if rpm:
+        env["BENCH_KEY_RPM"] = str(rpm)
+    if tpm:
+        env["BENCH_KEY_TPM"] = str(tpm)
+    return env
+
+
+def pin_off_client() -> None:
+    """preexec_fn: the proxy runs on every CPU but the client's (CPU 1 with the mock on two)."""
+    others = set(range(os.cpu_count() or 1)) - {CLIENT_CPU}
+    if others:
+        with suppress(OSError):
+            os.sched_setaffinity(0, others)
+
+
+def stop_group(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """SIGTERM the process group `proc` leads; SIGKILL it after `timeout_s` s, or leftovers."""
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    with suppress(ProcessLookupError):  # a member that outlived the leader (none expected)
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def wait_live(proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
+    """Until `GET /health/liveliness` answers 200 (bounded by PROXY_START_S)."""
+    url = f"http://127.0.0.1:{port}/health/liveliness"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback direct
+    deadline = time.monotonic() + PROXY_START_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"LiteLLM proxy exited {proc.returncode}: {last_line(log)}")
+        with suppress(OSError, http.client.HTTPException), opener.open(url, timeout=2) as answer:
+            if answer.status == 200:
+                return
+        time.sleep(0.5)
+    raise RuntimeError(f"LiteLLM proxy not live after {PROXY_START_S:.0f} s; see {log}")
+
+
+@contextmanager
+def litellm_proxy(
+    program: Path, workdir: Path, name: str, upstream: str, rpm: int | None, tpm: int | None
+) -> Iterator[Proxy]:
+    """The LiteLLM proxy on a free port in front of `upstream`, per-key limits `rpm`/`tpm`.
+
+    Its folder `NAME.proxy/` in `workdir` (its working directory) holds the config, the
+    custom_auth module and its log. On exit: SIGTERM, then SIGKILL after PROXY_STOP_S.
+    """
+    folder = workdir / f"{name}.proxy"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "auth.py").write_text(PROXY_AUTH, encoding="utf-8")
+    params = {"model": f"openai/{MODEL}", "api_base": upstream, "api_key": "unused"}
+    config = {
+        "model_list": [{"model_name": MODEL, "litellm_params": params}],
+        "general_settings": {  # the proxy refuses to start without a master key
+            "master_key": "sk-" + secrets.token_hex(20),
+            "custom_auth": "auth.user_api_key_auth",
+        },
+    }
+    (folder / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    port = free_port()
+    cmd = [str(program), "--config", str(folder / "config.yaml")]
+    cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    log_path = folder / "proxy.log"
+    started = time.monotonic()
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=folder,
+            env=proxy_env(rpm, tpm),
+            preexec_fn=pin_off_client,
+            start_new_session=True,  # its own process group: stopped as a whole
+        )
+    try:
+        wait_live(proc, port, log_path)
+        yield Proxy(port, proc.pid, time.monotonic() - started)
+    finally:
+        stop_group(proc, PROXY_STOP_S)
+
+
 def pipeline_fingerprint() -> str:
     """A hash of pipeline/*.py, to notice the code changing while the bench runs."""
     digest = hashlib.sha256()
@@ -378,11 +620,19 @@ def output_of(folder: Path, name: str) -> Path:
 
 
 def write_config(
-    folder: Path, name: str, source: Path, base_url: str, *, fresh: bool = True
+    folder: Path,
+    name: str,
+    source: Path,
+    base_url: str,
+    *,
+    fresh: bool = True,
+    concurrency: int = 64,
+    key_env: str = UNSET_KEY_ENV,
 ) -> Path:
-    """A config: template `{{ text }}`, parquet output, concurrency 64, store in `folder`.
+    """A config: template `{{ text }}`, parquet output, `concurrency`, store in `folder`.
 
-    `fresh` deletes the store and output of an earlier run of the same name first.
+    `fresh` deletes the store and output of an earlier run of the same name first. The API
+    key is read from `key_env` (by default a variable removed from the client's environment).
     """
     store = folder / f"{name}.db"
     if fresh:
@@ -395,11 +645,11 @@ def write_config(
         "model": {
             "base_url": base_url,
             "name": MODEL,
-            "api_key_env": UNSET_KEY_ENV,
+            "api_key_env": key_env,
             "params": {"max_tokens": MAX_TOKENS},
         },
         "output": {"path": str(output_of(folder, name)), "include_meta": False},
-        "run": {"concurrency": 64, "max_retries": 5, "store": str(store)},
+        "run": {"concurrency": concurrency, "max_retries": 5, "store": str(store)},
     }
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
@@ -429,12 +679,22 @@ def cli_timeout(rows: int, per_row_s: float = 0.01) -> float:
     return 120.0 + rows * per_row_s
 
 
-def run_cli(config: Path, logs: Path, rows: int, *overrides: str) -> Child:
-    """`python -m pipeline run CONFIG --no-progress [--set ...]`, pinned to CPU 0."""
+def paced_timeout(rows: int, rows_per_minute: float) -> float:
+    """For a run a limit paces: three times its length at `rows_per_minute`, plus 2 minutes."""
+    return 120.0 + 3.0 * 60.0 * rows / rows_per_minute
+
+
+def run_cli(
+    config: Path, logs: Path, rows: int, *overrides: str, timeout_s: float | None = None
+) -> Child:
+    """`python -m pipeline run CONFIG --no-progress [--set ...]`, pinned to CPU 0.
+
+    Killed after `timeout_s` (default `cli_timeout(rows)`).
+    """
     cmd = [PY, "-m", "pipeline", "run", str(config), "--no-progress"]
     for item in overrides:
         cmd += ["--set", item]
-    return run_child(cmd, logs, cli_timeout(rows))
+    return run_child(cmd, logs, cli_timeout(rows) if timeout_s is None else timeout_s)
 
 
 def client_line(
@@ -469,6 +729,34 @@ def client_line(
     )
 
 
+def rate_line(
+    scenario: str,
+    rows: int,
+    child: Child,
+    stats: dict[str, Any],
+    pct: float | None,
+    share: float,
+    lost: int,
+    wrong: int,
+    notes: list[str],
+) -> Line:
+    """The CLI's line of a rate-limit scenario: % of the limit, 429s, lost, twice, wrong."""
+    return client_line(
+        scenario,
+        "pipeline CLI",
+        rows,
+        child,
+        stats,
+        pct_limit=pct,
+        r429=stats.get("rate_limited"),
+        r429_share=share,
+        lost=lost,
+        twice=stats.get("answered_twice"),
+        wrong=wrong,
+        notes=notes,
+    )
+
+
 def timing_note(child: Child, stats: dict[str, Any]) -> str | None:
     """Seconds from spawn to the first request, and from the last request to exit."""
     first, last = stats.get("first_request"), stats.get("last_request")
@@ -499,6 +787,21 @@ def cli_note(child: Child) -> list[str]:
 # --- rate-limit metrics ------------------------------------------------------------------
 
 
+def window_mean_pct(
+    series: Sequence[int], capacity: float, width: int, last_full: int, skip_s: int = 0
+) -> float | None:
+    """Mean of the sums of `series` over `width`-second windows, as % of `capacity`.
+
+    The windows end at each whole second from skip_s + width to `last_full` (buckets
+    0..last_full-1 are the complete seconds); None when there is no such window.
+    """
+    ends = range(skip_s + width, last_full + 1)
+    if not ends or capacity <= 0:
+        return None
+    sums = [sum(series[end - width : end]) for end in ends]
+    return 100.0 * sum(sums) / len(sums) / capacity
+
+
 def windowed_pct(stats: dict[str, Any], skip_s: int = 10) -> float | None:
     """Mean over every full window of the run after `skip_s` s of admitted / window limit.
 
@@ -512,12 +815,20 @@ def windowed_pct(stats: dict[str, Any], skip_s: int = 10) -> float | None:
         return None
     width = round(limit["window_s"])
     capacity = float(limit["rpm"]) * float(limit["window_s"]) / 60.0
-    last_full = int(stats["span_s"])  # buckets 0..last_full-1 are complete seconds
-    ends = range(skip_s + width, last_full + 1)
-    if not ends:
-        return None
-    sums = [sum(series[end - width : end]) for end in ends]
-    return 100.0 * sum(sums) / len(sums) / capacity
+    return window_mean_pct(series, capacity, width, int(stats["span_s"]), skip_s)
+
+
+def sliding_pct(series: Sequence[int], per_minute: float, span_s: float) -> float | None:
+    """Mean over every 60 s sliding window of the span of `series`, as % of `per_minute`.
+
+    `windowed_pct` with skip_s=0, but the limit given, not read from the server: for a mock
+    behind a gateway (no limit of its own) and for tokens. The windows end at each whole
+    second from 60 s (the span starts at the first request) to the end of the span. Under a
+    fixed window one 60 s stretch may hold up to twice the limit (the end of one window and the
+    start of the next), so no single window says much; their mean is the run's mean rate,
+    which a fixed window holds to the limit. None when the span is under 60 s.
+    """
+    return window_mean_pct(series, per_minute, S8_WINDOW_S, int(span_s))
 
 
 def simple_pct(stats: dict[str, Any], skip_s: int = 10) -> float | None:
@@ -533,6 +844,48 @@ def simple_pct(stats: dict[str, Any], skip_s: int = 10) -> float | None:
 def share_429(stats: dict[str, Any]) -> float | None:
     requests = stats.get("requests", 0)
     return stats.get("rate_limited", 0) / requests if requests else None
+
+
+@dataclass(frozen=True)
+class GatewayCase:
+    """One S8 case: the gateway's per-key limit and whether the CLI is told it."""
+
+    name: str
+    rpm: int | None
+    tpm: int | None
+    told: bool
+
+    def describe(self) -> str:
+        limit = f"{self.rpm:,} RPM" if self.rpm else f"{self.tpm:,} TPM"
+        return f"key limit {limit}, {'told' if self.told else 'not told'} to the CLI"
+
+    def file_name(self, gateway: str) -> str:
+        return f"s8_{self.name.replace(' ', '_')}_{gateway}"
+
+    def overrides(self) -> list[str]:
+        """The CLI's `--set` items: the limit when it is told."""
+        if not self.told:
+            return []
+        if self.rpm:
+            return [f"run.requests_per_minute={self.rpm}"]
+        return [f"run.tokens_per_minute={self.tpm}"]
+
+    def mock_options(self) -> list[str]:
+        """The same limit on the bench mock: a 60 s sliding window with rate headers."""
+        limit = ["--rpm", str(self.rpm)] if self.rpm else ["--tpm", str(self.tpm)]
+        return [*limit, "--window", str(S8_WINDOW_S), "--headers"]
+
+    def timeout_s(self, rows: int) -> float:
+        # a token limit: as many rows a minute as the mock charges (prompt ~10 + max_tokens)
+        per_minute = self.rpm or (self.tpm or 0) / (10 + MAX_TOKENS)
+        return paced_timeout(rows, per_minute)
+
+
+S8_CASES = (
+    GatewayCase("rpm told", S8_RPM, None, True),
+    GatewayCase("rpm untold", S8_RPM, None, False),
+    GatewayCase("tpm told", None, S8_TPM, True),
+)
 
 
 # --- scenarios ---------------------------------------------------------------------------
@@ -554,6 +907,7 @@ class Bench:
         self.server_stats: dict[str, dict[str, Any]] = {}
         self.version = git_version()
         self.fingerprint = pipeline_fingerprint()
+        self.litellm: str | None = None  # which proxy S8 ran, for the run's conditions
 
     def log(self, message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
@@ -702,22 +1056,7 @@ class Bench:
         if windowed is not None:
             notes.append(f"{windowed:.1f}% windowed after 10 s")
         share = share_429(stats) or 0.0
-        self.add(
-            client_line(
-                "S2",
-                "pipeline CLI",
-                rows,
-                child,
-                stats,
-                pct_limit=pct,
-                r429=stats.get("rate_limited"),
-                r429_share=share,
-                lost=lost,
-                twice=stats.get("answered_twice"),
-                wrong=wrong,
-                notes=notes,
-            )
-        )
+        self.add(rate_line("S2", rows, child, stats, pct, share, lost, wrong, notes))
         self.target("S2", "≥ 97% of RPM limit (rows / wall)", f"{pct:.1f}%", pct >= 97.0)
         self.target("S2", "< 1% 429", f"{100 * share:.2f}%", share < 0.01)
         self.target("S2", "0 lost", str(lost), lost == 0)
@@ -783,22 +1122,7 @@ class Bench:
         if simple is not None:
             notes.append(f"{simple:.1f}% admitted/span after 10 s (edge-sensitive)")
         notes.append(f"server span {stats.get('span_s', 0):.1f} s")
-        self.add(
-            client_line(
-                f"S4{variant}",
-                "pipeline CLI",
-                rows,
-                child,
-                stats,
-                pct_limit=pct,
-                r429=stats.get("rate_limited"),
-                r429_share=share,
-                lost=lost,
-                twice=stats.get("answered_twice"),
-                wrong=wrong,
-                notes=notes,
-            )
-        )
+        self.add(rate_line(f"S4{variant}", rows, child, stats, pct, share, lost, wrong, notes))
         floor = 90.0 if headers else 80.0
         shown = "n/a (run too short)" if pct is None else f"{pct:.1f}%"
         self.target(
@@ -809,6 +1133,42 @@ class Bench:
         )
         self.target(f"S4{variant}", "< 5% 429", f"{100 * share:.1f}%", share < 0.05)
         self.target(f"S4{variant}", "0 lost", str(lost), lost == 0)
+
+    def s4c(self) -> None:
+        """A 60 s sliding window, the limit not told, bare 429s: how fast the CLI learns it."""
+        rows, window = self.sizes["S4c"], S4C_WINDOW_S
+        source = make_table(self.dir / f"input_{rows}.csv", rows)
+        self.log(
+            f"S4c: {rows:,} rows, limit {RPM} RPM in a {window} s sliding window, not told to "
+            "the CLI, bare 429s"
+        )
+        options = ["--latency", str(LATENCY_S), "--rpm", str(RPM), "--window", str(window)]
+        with mock_server(self.dir, "s4c", *options, "--no-headers") as mock:
+            config = write_config(self.dir, "s4c", source, mock.base_url)
+            timeout = paced_timeout(rows, RPM)
+            child = run_cli(config, self.dir / "s4c_cli", rows, timeout_s=timeout)
+        stats = self.stats_of("s4c", mock)
+        lost, wrong = check_output(output_of(self.dir, "s4c"), rows)
+        skip = 2 * window
+        pct = windowed_pct(stats, skip_s=skip)
+        share = share_429(stats) or 0.0
+        notes = cli_note(child)
+        learning = [windowed_pct(stats, skip_s=0), windowed_pct(stats, skip_s=window)]
+        shown = ["n/a" if value is None else f"{value:.1f}%" for value in learning]
+        notes.append(f"learning: {shown[0]} windowed after 0 s, {shown[1]} after {window} s")
+        notes.append(f"server span {stats.get('span_s', 0):.1f} s")
+        if pct is None:
+            notes.append(f"no full {window} s window after {skip} s: run too short")
+        self.add(rate_line("S4c", rows, child, stats, pct, share, lost, wrong, notes))
+        span = float(stats.get("span_s") or 0.0)
+        if pct is None:
+            measured = f"n/a (span {span:.0f} s: no full window after {skip} s)"
+        else:
+            measured = f"{pct:.1f}%"
+        passed = pct is not None and pct >= 90.0
+        self.target("S4c", "≥ 90% of limit after two windows", measured, passed)
+        self.target("S4c", "< 5% 429", f"{100 * share:.1f}%", share < 0.05)
+        self.target("S4c", "0 lost", str(lost), lost == 0)
 
     # S5 ---------------------------------------------------------------------------------
 
@@ -913,6 +1273,161 @@ class Bench:
         line.wrong = wrong
         self.add(line)
         return child, stats
+
+    # S8 ---------------------------------------------------------------------------------
+
+    def s8(self) -> None:
+        """The LiteLLM proxy in front of an unlimited mock, each case beside the bench mock."""
+        rows = self.sizes["S8"]
+        source = make_table(self.dir / f"input_{rows}.csv", rows)
+        program, why = ensure_litellm(self.log)
+        if program is None:
+            self.log(f"S8: no LiteLLM proxy, S8 not run: {why}")
+            self.target("S8", f"LiteLLM proxy {LITELLM_VERSION} installed", why, False)
+            return
+        self.log(f"S8: {why}")
+        self.litellm = f"LiteLLM proxy {LITELLM_VERSION} ({program.relative_to(ROOT)})"
+        for case in S8_CASES:
+            self._s8_proxy(program, case, source, rows)
+            self._s8_mock(case, source, rows)
+
+    def _s8_proxy(self, program: Path, case: GatewayCase, source: Path, rows: int) -> None:
+        """`case` through the LiteLLM proxy; the mock behind it counts what got through."""
+        name, scenario = case.file_name("proxy"), f"S8 {case.name}"
+        self.log(f"{scenario}: {rows:,} rows through the LiteLLM proxy, {case.describe()}")
+        try:
+            with (
+                mock_server(self.dir, name, "--latency", str(LATENCY_S)) as mock,
+                litellm_proxy(program, self.dir, name, mock.base_url, case.rpm, case.tpm) as proxy,
+            ):
+                config = self._s8_config(name, source, proxy.base_url)
+                cpu_before = proxy.cpu_s()
+                child = run_cli(
+                    config,
+                    self.dir / f"{name}_cli",
+                    rows,
+                    *case.overrides(),
+                    timeout_s=case.timeout_s(rows),
+                )
+                cpu_after = proxy.cpu_s()
+        except RuntimeError as exc:
+            self.log(f"{scenario}: {exc}")
+            self.target(scenario, "LiteLLM proxy started", str(exc), False)
+            return
+        stats = self.stats_of(name, mock)
+        sent = child.summary().get("requests_sent")
+        seen = int(stats.get("requests", 0))
+        r429 = None if sent is None else int(sent) - seen
+        notes = [
+            f"LiteLLM {LITELLM_VERSION}, per-key fixed 60 s window",
+            f"proxy live {proxy.live_after_s:.0f} s after spawn",
+            "429s: requests sent less those the mock behind it saw",
+        ]
+        if r429 is not None and r429 < 0:
+            notes.append(f"the mock saw {-r429} requests more than were sent")
+            r429 = 0
+        load = dict(stats)  # the proxy's CPU is no other process's: add it to the server's
+        if cpu_before is not None and cpu_after is not None:
+            load["cpu_s"] = float(stats.get("cpu_s") or 0.0) + cpu_after - cpu_before
+            if sent:
+                per_request = 1000 * (cpu_after - cpu_before) / int(sent)
+                notes.append(f"proxy {per_request:.1f} ms CPU per request")
+        pct, share, lost = self._s8_add(case, "LiteLLM proxy", name, rows, child, load, r429, notes)
+        if pct is None:
+            measured = f"n/a (span {stats.get('span_s', 0):.0f} s < {S8_WINDOW_S} s)"
+        else:
+            measured = f"{pct:.1f}%"
+        self.target(scenario, "≥ 95% of limit", measured, pct is not None and pct >= 95.0)
+        if case.told:
+            shown = "n/a (no summary)" if share is None else f"{100 * share:.2f}%"
+            self.target(scenario, "< 1% 429", shown, share is not None and share < 0.01)
+        self.target(scenario, "0 lost", str(lost), lost == 0)
+
+    def _s8_mock(self, case: GatewayCase, source: Path, rows: int) -> None:
+        """`case` on the bench mock as the gateway (60 s sliding window, headers): no targets."""
+        name = case.file_name("mock")
+        self.log(f"S8 {case.name}: {rows:,} rows on the bench mock, {case.describe()}")
+        options = ["--latency", str(LATENCY_S), *case.mock_options()]
+        with mock_server(self.dir, name, *options) as mock:
+            config = self._s8_config(name, source, mock.base_url)
+            child = run_cli(
+                config,
+                self.dir / f"{name}_cli",
+                rows,
+                *case.overrides(),
+                timeout_s=case.timeout_s(rows),
+            )
+        stats = self.stats_of(name, mock)
+        notes = ["mock: 60 s sliding window, x-ratelimit-* headers and retry-after"]
+        if case.tpm:
+            # The mock charges prompt + max_tokens at arrival; the series counts usage.
+            extra = MAX_TOKENS - MOCK_COMPLETION_TOKENS
+            charged = [
+                used + extra * admitted
+                for used, admitted in zip(
+                    stats.get("tokens_per_s") or [], stats.get("admitted_per_s") or [], strict=False
+                )
+            ]
+            by_charge = sliding_pct(charged, case.tpm, float(stats.get("span_s") or 0.0))
+            if by_charge is not None:
+                notes.append(f"{by_charge:.1f}% of limit as the mock counts (prompt + max_tokens)")
+        self._s8_add(case, "bench mock", name, rows, child, stats, stats.get("rate_limited"), notes)
+
+    def _s8_config(self, name: str, source: Path, base_url: str) -> Path:
+        return write_config(
+            self.dir,
+            name,
+            source,
+            base_url,
+            concurrency=S8_CONCURRENCY,
+            key_env=PROXY_KEY_ENV,
+        )
+
+    def _s8_add(
+        self,
+        case: GatewayCase,
+        client: str,
+        name: str,
+        rows: int,
+        child: Child,
+        stats: dict[str, Any],
+        r429: int | None,
+        notes: list[str],
+    ) -> tuple[float | None, float | None, int]:
+        """Add the line of one S8 run; its (% of limit, 429 share, lost)."""
+        lost, wrong = check_output(output_of(self.dir, name), rows)
+        span = float(stats.get("span_s") or 0.0)
+        if case.tpm:
+            pct = sliding_pct(stats.get("tokens_per_s") or [], case.tpm, span)
+        else:
+            pct = sliding_pct(stats.get("admitted_per_s") or [], float(case.rpm or 0), span)
+        sent = child.summary().get("requests_sent")
+        sent = int(sent) if sent is not None else None
+        share = None if r429 is None or not sent else r429 / sent
+        shown = [*cli_note(child), *notes]
+        if pct is None:
+            shown.append(f"span {span:.0f} s < {S8_WINDOW_S} s: no full window")
+        else:
+            shown.append(f"span {span:.0f} s")
+        if case.tpm:
+            shown.append(f"{stats.get('tokens', 0):,} usage tokens answered")
+        self.add(
+            client_line(
+                f"S8 {case.name}",
+                client,
+                rows,
+                child,
+                stats,
+                pct_limit=pct,
+                r429=r429,
+                r429_share=share,
+                lost=lost,
+                twice=stats.get("answered_twice"),
+                wrong=wrong,
+                notes=shown,
+            )
+        )
+        return pct, share, lost
 
 
 # --- report ------------------------------------------------------------------------------
@@ -1064,6 +1579,7 @@ def run_conditions(bench: Bench, argv: list[str], seconds: float) -> list[str]:
         f"polars {pl.__version__}",
         f"when: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, every line from this one "
         f"run ({seconds / 60:.0f} minutes)",
+        *([f"S8 gateway: {bench.litellm}"] if bench.litellm else []),
     ]
 
 
@@ -1072,7 +1588,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=(__doc__ or "").splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--only", help=f"comma-separated scenarios: {','.join(SCENARIOS)}")
+    parser.add_argument(
+        "--only", help=f"comma-separated scenarios: {','.join(SCENARIOS)} (S4: every S4x)"
+    )
     parser.add_argument("--quick", action="store_true", help="smaller sizes, S5 at 100k and 1M")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--s5-sizes", help="comma-separated S5 row counts")
@@ -1104,8 +1622,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"error: unknown scenario {unknown[0]}; choose from {SCENARIOS}", file=sys.stderr)
         return 2
-    if "S4" in chosen:
-        chosen = [s for s in chosen if s != "S4"] + ["S4a", "S4b"]
+    if "S4" in chosen:  # every S4 variant
+        chosen = [s for s in chosen if s != "S4"] + [s for s in SCENARIOS if s.startswith("S4")]
     if args.s5_sizes:
         s5_sizes = [int(s.replace("_", "")) for s in args.s5_sizes.split(",") if s.strip()]
     else:

@@ -6,6 +6,13 @@ completion_tokens = 4. GET /v1/models and /v1/models/{id} serve any model name (
 client's preflight passes). GET /stats returns the counters; SIGTERM/SIGINT writes them to
 `--stats` and exits.
 
+Per-second series in the stats, second 0 starting at the first request: `admitted_per_s`
+(requests let through the limit, by arrival second), `rate_limited_per_s` (429s, by arrival),
+`ok_per_s` (full 200 answers, by the second they are sent) and `tokens_per_s` (usage
+prompt_tokens + completion_tokens of each full 200 answer, by the request's arrival second, so
+it lines up with `admitted_per_s`); `tokens` is that series' total. A truncated 200 (error
+injection) is not counted in `ok_per_s`, `tokens_per_s` or `tokens`.
+
 Rate limit (`--rpm`/`--tpm`): a sliding window of `--window` seconds admits at most
 rpm * window / 60 requests and tpm * window / 60 tokens; a request is charged
 prompt_tokens + its `max_tokens` (or `max_completion_tokens`; 4 when it sets neither), at
@@ -140,13 +147,15 @@ class Mock:
         self.admitted_per_s: list[int] = []
         self.ok_per_s: list[int] = []
         self.limited_per_s: list[int] = []
+        self.tokens_per_s: list[int] = []
+        self.tokens = 0
         self.answered = array("q")  # hash of each message answered 200, for distinct/twice
 
-    def _second(self, series: list[int], now: float) -> None:
+    def _second(self, series: list[int], now: float, count: int = 1) -> None:
         index = int(now - self.t0)
         if index >= len(series):
             series.extend([0] * (index + 1 - len(series)))
-        series[index] += 1
+        series[index] += count
 
     async def complete(self, request: web.Request) -> web.StreamResponse:
         """POST /v1/chat/completions."""
@@ -197,6 +206,9 @@ class Mock:
         answer = self._answer(body, content, prompt)
         self.ok += 1
         self._second(self.ok_per_s, self.loop.time())
+        used = prompt + COMPLETION_TOKENS  # the usage `_answer` reports
+        self.tokens += used
+        self._second(self.tokens_per_s, now, used)
         if self.track:
             self.answered.append(hash(content))
         return web.Response(body=answer, content_type=JSON_TYPE, headers=headers)
@@ -261,6 +273,8 @@ class Mock:
             "admitted_per_s": self.admitted_per_s,
             "ok_per_s": self.ok_per_s,
             "rate_limited_per_s": self.limited_per_s,
+            "tokens": self.tokens,
+            "tokens_per_s": self.tokens_per_s,
             "limit": None
             if window is None
             else {"rpm": window.rpm, "tpm": window.tpm, "window_s": window.window},
