@@ -17,6 +17,8 @@ from pathlib import Path
 
 from . import __version__
 from .commands import (
+    cmd_batch_export,
+    cmd_batch_import,
     cmd_models_list,
     cmd_models_show,
     cmd_preview,
@@ -28,6 +30,7 @@ from .commands import (
 from .config import DEFAULT_BASE_URL, DEFAULT_KEY_ENV, Config
 from .configfile import load
 from .errors import (
+    ConfigError,
     LockError,
     PipelineError,
     RunStopped,
@@ -135,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("run", "send one request per row and write the output", cmd_run, EPILOG)
     sub.add_argument("--limit", type=_count, metavar="N", help=LIMIT_HELP)
     sub.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
+    sub.add_argument(
+        "--detach",
+        action="store_true",
+        help="run.mode batch: submit the batches and exit 0; a later run collects them",
+    )
     sub = command(
         "preview", "render the first requests, estimate tokens and cost; send nothing", cmd_preview
     )
@@ -184,6 +192,37 @@ def build_parser() -> argparse.ArgumentParser:
         ("salvage", "copy every readable answer into a fresh store", cmd_store_salvage),
     ):
         _config_arguments(_subcommand(actions, name, help, STORE_EPILOG), handler)
+
+    batch = commands.add_parser(
+        "batch", help="write batch input files, or read batch results into the store"
+    )
+    steps = batch.add_subparsers(dest="batch_command", required=True, metavar="ACTION")
+    sub = _subcommand(
+        steps,
+        "export",
+        "write the requests the store has no answer for as batch input files; send nothing",
+        EXPORT_EPILOG,
+    )
+    _config_arguments(sub, cmd_batch_export)
+    sub.add_argument(
+        "out",
+        metavar="OUT",
+        help="the first file, e.g. requests.jsonl; more files are named with .2, .3, ... "
+        "before the extension (requests.2.jsonl, requests.3.jsonl)",
+    )
+    sub = _subcommand(
+        steps,
+        "import",
+        "put batch output and error lines into the store, as a run would; send nothing",
+        IMPORT_EPILOG,
+    )
+    _config_arguments(sub, cmd_batch_import)
+    sub.add_argument(
+        "results",
+        nargs="+",
+        metavar="RESULTS",
+        help="batch output or error files: OpenAI's, or those of `vllm run-batch -o`",
+    )
     return parser
 
 
@@ -259,8 +298,21 @@ def _config(args: argparse.Namespace) -> Config:
 
 def _report_run(config: Config, offline: bool, args: argparse.Namespace) -> int:
     progress = Progress(enabled=not getattr(args, "no_progress", False))
-    summary = asyncio.run(run(config, limit=args.limit, progress=progress, offline=offline))
+    detach = bool(getattr(args, "detach", False))
+    if detach and config.run.mode != "batch":
+        raise ConfigError("--detach needs run.mode: batch (e.g. --set run.mode=batch)")
+    summary = asyncio.run(
+        run(config, limit=args.limit, progress=progress, offline=offline, detach=detach)
+    )
     print(summary.to_json())
+    if detach and not summary.error and summary.exit is None:
+        print(
+            f"submitted {summary.batch_submitted} requests in batches; "
+            f"`pipeline status {args.config}` shows them, and `pipeline run {args.config}` "
+            "collects them and writes the output",
+            file=sys.stderr,
+        )
+        return summary.exit_code
     store = config.store_path
     output = Path(summary.output)
     code = summary.exit_code
@@ -320,6 +372,41 @@ STORE_EPILOG = """exit codes:
   4    salvage: a run is using the store
   6    internal error (a bug)
   130  interrupted (Ctrl-C)
+"""
+
+EXPORT_EPILOG = """One line per distinct request that the store has no answer for, in the OpenAI
+Batch API's shape: custom_id is the store key, method POST, url /v1/chat/completions, and
+body the request exactly as a run sends it. The files are the input of `vllm run-batch -i
+OUT -o RESULTS --model MODEL` or of an upload to a batch API. A new file begins before one
+would pass run.batch.max_requests_per_file requests or run.batch.max_file_mb MiB; each file
+appears whole or not at all. Prints one JSON object: requests, files (path, requests and
+bytes of each), rows, already_answered (rows whose request the store answers), skipped
+(prompt.skip_null) and row_errors (rows the template fails on: not exported). With nothing
+to export, no file is written.
+
+exit codes:
+  0    the files are written, or nothing is left to export
+  2    config, input, output or store problem (or a request larger than one file may hold)
+  6    internal error (a bug)
+  130  interrupted (Ctrl-C); the files already finished are whole, no half file is left
+"""
+
+IMPORT_EPILOG = """Reads each line's custom_id and response: a 200 with a chat completion is an
+answer, anything else (an error, another status, an expired request) a failure that a
+later run sends online. Lines for requests this config does not make are skipped. An
+answer replaces a failure; a failure never replaces an answer. Prints one JSON object: ok
+(requests answered), failed (requests left failed), already_answered (lines whose request
+had an answer, kept), skipped_not_this_config, unreadable and first_unreadable (file, line,
+why), files (path and lines read) and the store. `pipeline run CONFIG` then writes the
+output without sending what was imported.
+
+exit codes:
+  0    every line was read, and none was a failure
+  1    some lines were failures or could not be read; a run sends those requests online
+  2    config, input or store problem, or a results file is missing or unreadable
+  4    another run is using the same store
+  6    internal error (a bug)
+  130  interrupted (Ctrl-C); what was imported so far is kept
 """
 
 

@@ -1,4 +1,4 @@
-"""The commands that send no chat request: preview, validate, status, models, store.
+"""The commands that send no chat request: preview, validate, status, models, store, batch.
 
 Each takes the parsed arguments and returns an exit code; errors rise to `cli.main`, which
 turns them into one line on stderr and the exit code each command's help lists.
@@ -10,15 +10,32 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
+from .batchfile import (
+    MB,
+    Imported,
+    ResultReader,
+    Tally,
+    Unreadable,
+    file_lines,
+    part_path,
+    request_keys,
+    request_line,
+    store_results,
+    unanswered,
+    write_parts,
+)
 from .catalog import Catalog, check_model, check_params, model_id, price
 from .checks import api_key, check_output, check_writable_folder
 from .config import DEFAULT_BASE_URL, DEFAULT_KEY_ENV, Config
 from .configfile import load
 from .errors import CatalogUnavailable, InputError, PipelineError, RunStopped, StoreError
+from .lock import Lock
 from .plan import last_run, make_plan
 from .salvage import check, salvage
+from .store import Store
 from .summary import EXIT_FAILED_ROWS, EXIT_OK, EXIT_USAGE
 
 
@@ -199,3 +216,126 @@ def cmd_store_salvage(args: argparse.Namespace) -> int:
             "the next run sends the requests whose answers were there"
         )
     return EXIT_OK
+
+
+def cmd_batch_export(args: argparse.Namespace) -> int:
+    """The unanswered requests as batch input files: OUT, OUT.2 ..., each whole."""
+    config = _config(args)
+    out = Path(args.out)
+    limits = config.run.batch
+    tally = Tally()
+    store = Store(config.store_path) if config.store_path.exists() else None
+    try:
+        lines = ((r.key, request_line(r)) for r in unanswered(config, store, tally=tally))
+        written = write_parts(
+            lines, out, limits.max_requests_per_file, int(limits.max_file_mb * MB)
+        )
+    finally:
+        if store is not None:
+            store.close()
+    files = [{"path": str(w.path), "requests": w.requests, "bytes": w.bytes} for w in written]
+    report = {
+        "requests": tally.requests,
+        "files": files,
+        "rows": tally.rows,
+        "already_answered": tally.already_answered,
+        "skipped": tally.skipped,
+        "row_errors": tally.row_errors,
+    }
+    print(json.dumps(report, indent=2, ensure_ascii=False))
+    if tally.row_errors:
+        print(
+            f"warning: the prompt fails on {tally.row_errors} of {tally.rows} rows; they are not "
+            "exported (a run records them as failed)",
+            file=sys.stderr,
+        )
+    if not written:
+        print(
+            f"nothing to export: every request has an answer in the store {config.store_path}; "
+            "no file written",
+            file=sys.stderr,
+        )
+    else:
+        names = ", ".join(str(w.path) for w in written)
+        print(
+            f"wrote {tally.requests} requests to {names}; once a batch server has answered "
+            f"them, `pipeline batch import {args.config} RESULTS...` stores the answers",
+            file=sys.stderr,
+        )
+    number = len(written) + 1
+    while part_path(out, number).exists():
+        print(
+            f"warning: {part_path(out, number)} is from an earlier export and holds requests "
+            "this one does not; delete it rather than send it",
+            file=sys.stderr,
+        )
+        number += 1
+    return EXIT_OK
+
+
+def cmd_batch_import(args: argparse.Namespace) -> int:
+    """Batch output and error lines into the store, under its lock, as a run would put them."""
+    config = _config(args)
+    paths = [Path(name) for name in args.results]
+    for path in paths:
+        if not path.is_file():
+            why = "is not a file" if path.exists() else "does not exist"
+            raise InputError(f"results file {path} {why}")
+    wanted = request_keys(config)
+    imported = Imported()
+    files: list[dict[str, Any]] = []
+    unreadable: list[Unreadable] = []
+    lost = 0
+    with Lock(config.store_path):
+        store = Store(config.store_path)
+        try:
+            for path in paths:
+                try:
+                    with path.open("rb") as handle:
+                        reader = ResultReader(file_lines(handle), str(path))
+                        store_results(store, reader, wanted, imported)
+                except OSError as exc:
+                    raise InputError(
+                        f"cannot read results file {path}: {exc.strerror or exc}"
+                    ) from exc
+                files.append({"path": str(path), "lines": reader.lines_read})
+                lost += reader.unreadable
+                unreadable += reader.first[: 5 - len(unreadable)]
+        finally:
+            store.close()
+    report = {
+        "ok": imported.ok,
+        "failed": imported.failed,
+        "already_answered": imported.already_answered,
+        "skipped_not_this_config": imported.not_this_config,
+        "unreadable": lost,
+        "first_unreadable": [vars(u) for u in unreadable],
+        "files": files,
+        "store": str(config.store_path),
+    }
+    print(json.dumps(report, indent=2, ensure_ascii=False))
+    if imported.not_this_config:
+        print(
+            f"skipped {imported.not_this_config} lines whose custom_id is no request of "
+            f"{args.config} (another config's, or an earlier prompt's)",
+            file=sys.stderr,
+        )
+    if lost:
+        first = unreadable[0]
+        print(
+            f"{lost} lines could not be read, first {first.file} line {first.line}: "
+            f"{first.why}; their requests stay unanswered",
+            file=sys.stderr,
+        )
+    if imported.failed:
+        print(
+            f"{imported.failed} requests failed in the batch; `pipeline run {args.config}` "
+            "sends them online",
+            file=sys.stderr,
+        )
+    print(
+        f"imported {imported.ok} answers into {config.store_path}; `pipeline run {args.config}` "
+        "writes the output from the store",
+        file=sys.stderr,
+    )
+    return EXIT_FAILED_ROWS if imported.failed or lost else EXIT_OK

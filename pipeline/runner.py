@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import polars as pl
@@ -45,6 +46,9 @@ from .summary import (
     append_run_log,
     write_summary,
 )
+
+if TYPE_CHECKING:
+    from .batches import BatchOutcome
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +100,14 @@ async def run(
     progress: Progress | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     offline: bool = False,
+    detach: bool = False,
 ) -> Summary:
     """Answer every row of the input and write the output; the summary says what happened.
 
-    With `offline`, nothing is sent: rows come from the store or are marked pending. A
+    With `offline`, nothing is sent: rows come from the store or are marked pending. With
+    `run.mode: batch`, the batch phase first submits what is unanswered and waits for the
+    batches (`detach`: submits and returns, writing no output); the engine then writes the
+    output from the store, sending online only what a passed deadline left over. A
     pipeline error does not raise: it ends the run and sets the summary's error and exit
     code. Whatever ends the run, the summary is written beside the output (when the output
     is not another run's) and a line is appended to the run log.
@@ -108,12 +116,21 @@ async def run(
     summary = Summary(output=str(output), fail_threshold=config.run.fail_threshold)
     started = time.monotonic()
     sink: Sink | None = None
+    batch = config.run.mode == "batch" and not offline
     try:
         opened = open_input(config, limit)
         check_output(output)
         total = opened.source.count()
         if total == 0:
             log.warning("the input %s has no rows: the output will have none", config.input.path)
+        outcome = None
+        if batch:
+            summary.mode = "batch"
+            outcome = await _batch_phase(config, summary, progress, transport, detach)
+            if detach:
+                summary.output = ""
+                return summary
+            offline = not outcome.fallback
         sink = Sink(output)
         await execute(
             config,
@@ -129,6 +146,8 @@ async def run(
         )
         sink.commit()
         sink = None
+        if outcome is not None:
+            _count_batches(summary, outcome)
     except PipelineError as exc:
         summary.fail(exc)
     except (asyncio.CancelledError, KeyboardInterrupt):
@@ -142,8 +161,56 @@ async def run(
         if sink is not None:
             sink.abort()
         summary.seconds = time.monotonic() - started
-        record(summary, config, "reparse" if offline else "run")
+        record(summary, config, "reparse" if offline and not batch else "run")
     return summary
+
+
+async def _batch_phase(
+    config: Config,
+    summary: Summary,
+    progress: Progress | None,
+    transport: httpx.AsyncBaseTransport | None,
+    detach: bool,
+) -> BatchOutcome:
+    """Submit, wait for and collect the batches, under the store's lock."""
+    from .batchapi import BatchAPI  # batch mode only
+    from .batches import Batches
+
+    key = api_key(config)
+    found_price = await asyncio.to_thread(model_price, config, key)
+    shown = Progress(enabled=progress.enabled, tty=progress.tty) if progress else None
+    with Lock(config.store_path):
+        store = Store(config.store_path)
+        try:
+            async with BatchAPI(config.model.base_url, key, transport=transport) as api:
+                batches = Batches(config, store, api, price=found_price, progress=shown)
+                try:
+                    outcome = await batches.run(detach=detach)
+                finally:
+                    summary.batches = batches.outcome.report()
+                    summary.batch_submitted = batches.outcome.submitted
+        finally:
+            store.close()
+    if outcome.held_back:
+        summary.stopped = (
+            f"run.max_cost_usd: {outcome.held_back} requests were not submitted, their worst "
+            "case would pass the budget; they are pending"
+        )
+    return outcome
+
+
+def _count_batches(summary: Summary, outcome: BatchOutcome) -> None:
+    """Add the batches' answers to what the engine counted."""
+    summary.from_store = max(0, summary.from_store - outcome.answered)  # answered by batches
+    summary.prompt_tokens += outcome.prompt_tokens
+    summary.completion_tokens += outcome.completion_tokens
+    if outcome.cost_usd:
+        summary.cost_usd = (summary.cost_usd or 0.0) + outcome.cost_usd
+    if summary.pending and not outcome.fallback and not summary.stopped:
+        summary.stopped = (
+            f"{summary.pending} rows have no answer from the batches (expired, cancelled or "
+            "failed); the next run submits them again"
+        )
 
 
 def limit_path(output: Path, limit: int | None) -> Path:

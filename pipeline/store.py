@@ -21,7 +21,9 @@ import contextlib
 import functools
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -66,10 +68,44 @@ def _m003_recent(db: sqlite3.Connection) -> None:
     db.execute(f"CREATE TABLE recent (key TEXT NOT NULL, {_FIELDS})")
 
 
+def _m004_batches(db: sqlite3.Connection) -> None:
+    """The store's id (for the metadata of what it submits) and its batches (see batches.py).
+
+    A batch row is written before each step of a submission and after it: `state` is the
+    last step done (prepared: keys chosen; uploaded: file_id; submitted: batch_id;
+    collected: its answers are in `responses`).
+    """
+    db.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID")
+    db.execute("INSERT INTO meta VALUES ('store_id', ?)", (uuid.uuid4().hex,))
+    db.execute(
+        """CREATE TABLE batches (
+            id INTEGER PRIMARY KEY,
+            submission TEXT NOT NULL,
+            part INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            remote TEXT,
+            file_id TEXT,
+            batch_id TEXT,
+            requests INTEGER NOT NULL,
+            completed INTEGER NOT NULL DEFAULT 0,
+            failed INTEGER NOT NULL DEFAULT 0,
+            reserved_usd REAL NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            deadline_at REAL,
+            updated_at REAL NOT NULL
+        )"""
+    )
+    db.execute(
+        "CREATE TABLE batch_keys (key TEXT NOT NULL, batch INTEGER NOT NULL, "
+        "PRIMARY KEY (key, batch)) WITHOUT ROWID"
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _m001_responses,
     _m002_memo,
     _m003_recent,
+    _m004_batches,
 ]
 
 
@@ -168,6 +204,30 @@ def integrity(db: sqlite3.Connection, limit: int = 20) -> list[str]:
         return [str(exc)]
     found = [line for (text,) in rows for line in str(text).splitlines() if "***" not in line]
     return [] if found == ["ok"] else found[:limit]
+
+
+BATCH_FIELDS = (
+    "id, submission, part, state, remote, file_id, batch_id, requests, completed, failed, "
+    "created_at, deadline_at"
+)
+
+
+@dataclass
+class BatchRecord:
+    """One submitted (or being submitted) batch, as the store records it."""
+
+    id: int
+    submission: str
+    part: int
+    state: str  # prepared, uploaded, submitted, collected
+    remote: str | None  # the server's status, as last polled
+    file_id: str | None
+    batch_id: str | None
+    requests: int
+    completed: int
+    failed: int
+    created_at: float  # Unix time
+    deadline_at: float | None
 
 
 class Store:
@@ -336,6 +396,91 @@ class Store:
         self.merge()
         query = "SELECT status, count(*) FROM responses GROUP BY status"
         return {status: n for status, n in self._db.execute(query)}
+
+    @_translated
+    def store_id(self) -> str:
+        """This store's id, put in the metadata of the batches it submits."""
+        return str(self._db.execute("SELECT value FROM meta WHERE name = 'store_id'").fetchone()[0])
+
+    def batch_add(
+        self,
+        submission: str,
+        part: int,
+        keys: list[str],
+        deadline_at: float | None,
+        reserved_usd: float = 0.0,
+    ) -> BatchRecord:
+        """Record a batch about to be uploaded, with its keys, in one transaction;
+        `reserved_usd`: its worst-case cost, held against run.max_cost_usd while it is open."""
+        now = time.time()
+        with self._transaction():
+            cursor = self._db.execute(
+                "INSERT INTO batches (submission, part, state, requests, reserved_usd, created_at,"
+                " deadline_at, updated_at) VALUES (?, ?, 'prepared', ?, ?, ?, ?, ?)",
+                (submission, part, len(keys), reserved_usd, now, deadline_at, now),
+            )
+            number = int(cursor.lastrowid or 0)
+            self._db.executemany(
+                "INSERT OR IGNORE INTO batch_keys VALUES (?, ?)", ((k, number) for k in keys)
+            )
+        return BatchRecord(
+            number,
+            submission,
+            part,
+            "prepared",
+            None,
+            None,
+            None,
+            len(keys),
+            0,
+            0,
+            now,
+            deadline_at,
+        )
+
+    def batch_update(self, record: BatchRecord, **changes: Any) -> None:
+        """Write `changes` (fields of `BatchRecord`) to the record and the store at once."""
+        names = ", ".join(f"{name} = ?" for name in changes)
+        with self._transaction():
+            self._db.execute(
+                f"UPDATE batches SET {names}, updated_at = ? WHERE id = ?",
+                (*changes.values(), time.time(), record.id),
+            )
+        for name, value in changes.items():
+            setattr(record, name, value)
+
+    def batch_forget(self, record: BatchRecord) -> None:
+        """Drop a batch that never reached the server (its keys are free again)."""
+        with self._transaction():
+            self._db.execute("DELETE FROM batch_keys WHERE batch = ?", (record.id,))
+            self._db.execute("DELETE FROM batches WHERE id = ?", (record.id,))
+
+    @_translated
+    def batches(self, *, open_only: bool = True) -> list[BatchRecord]:
+        """The recorded batches, oldest first; `open_only`: those not collected yet."""
+        where = " WHERE state != 'collected'" if open_only else ""
+        query = f"SELECT {BATCH_FIELDS} FROM batches{where} ORDER BY id"
+        return [BatchRecord(*row) for row in self._db.execute(query)]
+
+    @_translated
+    def batch_keys(self, record: BatchRecord) -> list[str]:
+        query = "SELECT key FROM batch_keys WHERE batch = ? ORDER BY key"
+        return [key for (key,) in self._db.execute(query, (record.id,))]
+
+    @_translated
+    def batch_reserved_usd(self) -> float:
+        """The worst-case cost of the batches not collected yet."""
+        query = "SELECT total(reserved_usd) FROM batches WHERE state != 'collected'"
+        return float(self._db.execute(query).fetchone()[0])
+
+    @_translated
+    def open_batch_keys(self) -> set[str]:
+        """The keys of every batch not collected yet: not to be submitted again."""
+        query = (
+            "SELECT key FROM batch_keys JOIN batches ON batches.id = batch_keys.batch "
+            "WHERE batches.state != 'collected'"
+        )
+        return {key for (key,) in self._db.execute(query)}
 
     @_translated
     def close(self) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,9 @@ class Summary:
     output: str = ""
     fail_threshold: float = 0.0
     exit: int | None = None  # set when something other than the rows decides the exit code
+    mode: str = "online"
+    batch_submitted: int = 0  # requests this run submitted in batches
+    batches: list[dict[str, Any]] = field(default_factory=list)  # id, state, counts
 
     def count(self, status: str) -> None:
         self.count_many(status, 1)
