@@ -51,7 +51,8 @@ EPILOG = """exit codes:
   0    every row answered (or skipped), or failures within run.fail_threshold
   1    some rows failed or gave invalid answers (rerun, or re-ask with output.retry_invalid)
   2    config, input, output or store problem, found before anything was sent
-  3    stopped early (key or model rejected, budget reached, endpoint down); answers are kept
+  3    stopped early (key or model rejected, budget reached, endpoint down, a batch that
+       expired or failed); answers are kept
   4    another run is using the same store
   5    stopped part-way by an input, output or store error after sending; answers are kept
   6    internal error (a bug): one line here, the traceback in the file it names
@@ -69,8 +70,10 @@ CHECK_EPILOG = """exit codes:
 
 STATUS_EPILOG = """prints one JSON object: rows, done, invalid (answered, but the answer does not
 parse under the current output settings), failed, pending, skipped (prompt.skip_null),
-row_errors (rows the template fails on) and first_row_error, the store, and last_run
-(date, command and exit_code of the run log's last line; null before the first run).
+row_errors (rows the template fails on) and first_row_error, the store, last_run
+(date, command and exit_code of the run log's last line; null before the first run), and
+batches: those not collected yet (run.mode batch) with id, state, requests, completed,
+failed, age_s and deadline_in_s, as the last run or poll left them (status sends nothing).
 
 exit codes:
   0    nothing left to do: every row is done or skipped

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,11 @@ def cmd_preview(args: argparse.Namespace) -> int:
     plan = make_plan(config, limit=args.limit, show=args.n)
     found = _lookup_model(config)
     cost = _cost(config, plan.to_send_prompt_tokens, plan.to_send_completion_tokens, found)
+    batch = config.run.mode == "batch"
+    if batch and cost is not None:
+        cost = round(cost * config.run.batch.discount, 10)
     report = {
+        "mode": config.run.mode,
         "requests": plan.first,
         "rows": plan.rows,
         "skipped": plan.skipped,
@@ -80,8 +85,8 @@ def cmd_preview(args: argparse.Namespace) -> int:
         "estimated_tokens": plan.estimated_tokens,
         "estimated_prompt_tokens_to_send": plan.to_send_prompt_tokens,
         "max_completion_tokens_to_send": plan.to_send_completion_tokens,
-        "estimated_cost_usd": cost,  # null: no pricing known
-        "url": config.model.base_url.rstrip("/") + "/chat/completions",
+        "estimated_cost_usd": cost,  # null: no pricing known; batch: at run.batch.discount
+        "url": config.model.base_url.rstrip("/") + ("/batches" if batch else "/chat/completions"),
     }
     print(json.dumps(report, indent=2, ensure_ascii=False))
     return EXIT_OK
@@ -138,10 +143,35 @@ def cmd_status(args: argparse.Namespace) -> int:
         "first_row_error": plan.first_error,
         "store": str(config.store_path),
         "last_run": last_run(config.store_path),  # null: no run logged
+        "batches": open_batches(config),
     }
     print(json.dumps(report, indent=2, ensure_ascii=False))
     left = plan.invalid + plan.failed + plan.pending + plan.row_errors
     return EXIT_FAILED_ROWS if left else EXIT_OK
+
+
+def open_batches(config: Config) -> list[dict[str, Any]]:
+    """The store's batches not collected yet: id, state, counts, age and deadline."""
+    if not config.store_path.exists():
+        return []
+    store = Store(config.store_path)
+    try:
+        records = store.batches()
+    finally:
+        store.close()
+    now = time.time()
+    return [
+        {
+            "id": r.batch_id,
+            "state": r.remote or r.state,
+            "requests": r.requests,
+            "completed": r.completed,
+            "failed": r.failed,
+            "age_s": round(now - r.created_at),
+            "deadline_in_s": None if r.deadline_at is None else round(r.deadline_at - now),
+        }
+        for r in records
+    ]
 
 
 def _catalog(args: argparse.Namespace) -> Catalog:

@@ -222,7 +222,7 @@ def limit_path(output: Path, limit: int | None) -> Path:
 
 def record(summary: Summary, config: Config, command: str) -> None:
     """Write the summary beside the output and a line in the run log, as far as possible."""
-    if summary.exit != EXIT_LOCKED:  # the output is the other run's
+    if summary.exit != EXIT_LOCKED and summary.output:  # locked: the output is the other run's
         with contextlib.suppress(OSError):
             write_summary(summary, Path(summary.output))
     log_run(summary, config, command)
