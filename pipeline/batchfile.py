@@ -23,14 +23,17 @@ import httpx
 from .client import error_detail, parse_completion, utf8_safe
 from .config import Config
 from .errors import InputError, OutputError, RequestError
+from .parse import Parser
+from .reask import Reasker
 from .records import FAILED, OK, Request, Result
+from .render import reask_key
 from .store import Store
 
 ENDPOINT = "/v1/chat/completions"
 MB = 1_000_000  # run.batch.max_file_mb counts these (the providers' "200 MB" is decimal)
 MAX_LINE_BYTES = 64 * MB  # a longer result line is unreadable, not read into memory whole
 KEEP_UNREADABLE = 5  # unreadable lines named in a report
-_KEY = re.compile(r"r1:[0-9a-f]{64}")
+_KEY = re.compile(r"r1:[0-9a-f]{64}(?:~[0-9]+)?")  # a request's key, or its n-th re-ask's
 _HEAD = b'{"custom_id":%s,"method":"POST","url":"' + ENDPOINT.encode() + b'","body":'
 
 
@@ -78,7 +81,8 @@ def split(
 
 
 def prefix(key: str) -> int | None:
-    """The first 64 bits of a request key's hash; None for what is not a request key."""
+    """The first 64 bits of a request key's hash (a re-ask's: its request's); None for what
+    is not a request key."""
     return int(key[3:19], 16) if _KEY.fullmatch(key) else None
 
 
@@ -125,6 +129,9 @@ def unanswered(
     """
     tally = tally if tally is not None else Tally()
     given: set[int] = set()
+    reasker = None
+    if store is not None and config.output.retry_invalid:
+        reasker = Reasker(Parser(config.output), config.output.retry_invalid, store)
     for requests in _rendered(config, limit, tally):
         unique = {r.key: r for r in requests}
         stored = store.lookup(unique, with_raw=False) if store is not None else {}
@@ -135,8 +142,17 @@ def unanswered(
             elif request.key in skip:
                 tally.in_open_batches += 1
         for key, request in unique.items():
+            if key in answered and reasker is not None:
+                # An answer that does not parse: its next re-ask, a request of its own.
+                attempt = reasker.from_store(key, stored[key])[1]
+                if attempt is None:
+                    continue
+                request = Request(reask_key(key, attempt), request.payload, request.est_tokens)
+                key = request.key
+            elif key in answered:
+                continue
             head = prefix(key)
-            if key in answered or key in skip or head is None or head in given:
+            if key in skip or head is None or head in given:
                 continue
             given.add(head)
             tally.requests += 1

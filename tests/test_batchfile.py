@@ -33,7 +33,7 @@ from pipeline.batchfile import (
 from pipeline.config import Config
 from pipeline.errors import InputError, OutputError
 from pipeline.records import FAILED, OK, Request, Result
-from pipeline.render import canonical_body, key_of
+from pipeline.render import canonical_body, key_of, reask_key
 from pipeline.store import Store
 
 KEY = "r1:" + "ab" * 32
@@ -206,6 +206,35 @@ def test_unanswered_gives_each_request_without_an_answer_once_in_input_order(
     )
 
 
+def test_an_answer_that_does_not_parse_gives_its_next_reask(tmp_path: Path) -> None:
+    config = config_for(tmp_path, ["a", "b"])
+    config = config.model_copy(
+        update={
+            "output": config.output.model_copy(
+                update={"parse": "label", "labels": ["yes", "no"], "retry_invalid": 2}
+            )
+        }
+    )
+    first = list(unanswered(config, None))
+    store = Store(config.store_path)
+    try:
+        store.put_many(
+            [
+                Result(first[0].key, OK, answer="maybe"),  # does not parse: re-ask 1 is due
+                Result(first[1].key, OK, answer="yes"),
+            ]
+        )
+        left = list(unanswered(config, store))
+        assert [r.key for r in left] == [reask_key(first[0].key, 1)]
+        assert left[0].payload == first[0].payload  # asked again as it was
+        store.put_many([Result(left[0].key, OK, answer="perhaps")])
+        assert [r.key for r in unanswered(config, store)] == [reask_key(first[0].key, 2)]
+        store.put_many([Result(reask_key(first[0].key, 2), OK, answer="unsure")])
+        assert list(unanswered(config, store)) == []  # out of re-asks: invalid, not sent
+    finally:
+        store.close()
+
+
 def test_unanswered_with_a_limit_reads_only_the_first_rows(tmp_path: Path) -> None:
     config = config_for(tmp_path, ["a", "b", "c"])
     assert contents(list(unanswered(config, None, limit=2))) == ["a 1.0", "b 1.0"]
@@ -220,7 +249,8 @@ def test_request_keys_are_the_prefixes_of_every_request(tmp_path: Path) -> None:
 
 def test_prefix_only_of_a_request_key() -> None:
     assert prefix(KEY) == int("ab" * 8, 16)
-    for other in ("", "r1:xyz", KEY.upper(), KEY + "~1", "r2:" + "ab" * 32, KEY[:-1]):
+    assert prefix(KEY + "~2") == prefix(KEY)  # a re-ask is its request's
+    for other in ("", "r1:xyz", KEY.upper(), KEY + "~", KEY + "~x", "r2:" + "ab" * 32, KEY[:-1]):
         assert prefix(other) is None, other
 
 
