@@ -27,6 +27,21 @@ _LABEL_PREFIX = re.compile(
 _EDGE = " \t\r\n\"'`.,;:!?*()[]{}<>"
 
 
+def norm_label(text: str) -> str:
+    """A label as labels are compared: "Feature_Request" -> "feature request"."""
+    return " ".join(text.strip(_EDGE).lower().replace("_", " ").replace("-", " ").split())
+
+
+def bare_label(text: str) -> str:
+    """An answer without its wrapping: "The label is: Feature-Request." -> "Feature-Request"."""
+    return _LABEL_PREFIX.sub("", text.strip().strip(_EDGE)).strip(_EDGE)
+
+
+def label_key(text: str) -> str:
+    """What an answer is compared by: "The label is: Feature-Request." -> "feature request"."""
+    return norm_label(bare_label(text))
+
+
 @dataclass(frozen=True, slots=True)
 class Parsed:
     """The column values of one answer, or why it is invalid."""
@@ -57,7 +72,7 @@ class Parser:
     def __init__(self, output: OutputConfig) -> None:
         self.mode = output.parse
         self.labels = list(output.labels or [])
-        self._by_norm = {self._norm(label): label for label in self.labels}
+        self._by_norm = {norm_label(label): label for label in self.labels}
         self.schema = output.schema_ or {}
         if self.mode == "json":
             properties: dict[str, Any] = self.schema["properties"]
@@ -68,10 +83,6 @@ class Parser:
             self._validator = jsonschema.Draft202012Validator(self.schema)
         else:
             self.columns = {output.column: pl.String()}
-
-    @staticmethod
-    def _norm(text: str) -> str:
-        return " ".join(text.strip(_EDGE).lower().replace("_", " ").replace("-", " ").split())
 
     def parse(self, content: str) -> Parsed:
         """The answer's column values, each of its column's type, or why not; never raises."""
@@ -86,9 +97,7 @@ class Parser:
             return Parsed(None, utf8_safe(f"cannot parse answer: {why}"))
 
     def _label(self, content: str) -> Parsed:
-        text = content.strip().strip(_EDGE)
-        text = _LABEL_PREFIX.sub("", text)
-        label = self._by_norm.get(self._norm(text))
+        label = self._by_norm.get(label_key(content))
         if label is not None:
             return Parsed((label,))
         shown = content.strip()[:200]
