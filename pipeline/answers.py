@@ -34,8 +34,10 @@ def answer_columns(
     parser: Parser,
     *,
     include_meta: bool,
+    statuses: list[str] | None = None,
 ) -> tuple[pl.DataFrame, dict[str, int]]:
-    """`frame` with the answer column(s) (and meta columns) added, and its rows by status."""
+    """`frame` with the answer column(s) (and meta columns) added, and its rows by status;
+    `statuses`, when given, gets each row's status."""
     values: list[list[Any]] = [[] for _ in parser.columns]
     meta: dict[str, list[Any]] = {name: [] for name in META_COLUMNS}
     empty = (None,) * len(parser.columns)
@@ -56,6 +58,8 @@ def answer_columns(
         meta["_completion_tokens"].append(result.completion_tokens)
         meta["_attempts"].append(result.attempts)
         counts[status] = counts.get(status, 0) + 1
+    if statuses is not None:
+        statuses += meta["_status"]
     columns = [
         pl.Series(name, column, dtype=dtype)
         for (name, dtype), column in zip(parser.columns.items(), values, strict=True)

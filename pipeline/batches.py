@@ -39,6 +39,8 @@ from .store import BatchRecord, Store
 log = logging.getLogger(__name__)
 
 ENDED = frozenset({"completed", "failed", "expired", "cancelled"})
+# How batchfile words a line that an expired batch never ran (OpenAI's code batch_expired).
+NEVER_RAN = "batch: batch_expired:"
 MAX_POLL_S = 600.0
 CREATE_TRIES = 4
 
@@ -298,7 +300,7 @@ class Batches:
                 continue
             data = await self.api.content(str(file_id))
             reader = batchfile.read_results(batchfile.file_lines(io.BytesIO(data)), str(file_id))
-            results += [r for r in reader if r.key in keys]
+            results += [r for r in reader if r.key in keys and not _never_ran(r)]
             if reader.unreadable:
                 first = reader.first[0] if reader.first else None
                 log.warning(
@@ -341,6 +343,11 @@ class Batches:
                 if self.price is not None:
                     cost = self.price.cost(result.prompt_tokens, result.completion_tokens)
                     self.outcome.cost_usd += cost * self.settings.discount
+
+
+def _never_ran(result: Result) -> bool:
+    """A line the batch did not run before it expired: no failure, the request stays pending."""
+    return result.status == FAILED and (result.error or "").startswith(NEVER_RAN)
 
 
 def _batch_errors(batch: dict[str, Any]) -> str:

@@ -48,6 +48,10 @@ def check_new_columns(config: Config, columns: list[str]) -> None:
         raise InputError(
             f"output column '{clash[0]}' already exists in the input; rename it in {key}"
         )
+    gold = config.output.gold
+    if gold is not None and gold not in columns:
+        shown = ", ".join(columns[:20]) + (", ..." if len(columns) > 20 else "")
+        raise InputError(f"output.gold: the input has no column '{gold}' (it has {shown})")
 
 
 def check_output(path: Path) -> None:

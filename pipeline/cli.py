@@ -330,6 +330,8 @@ def _report_run(config: Config, offline: bool, args: argparse.Namespace) -> int:
     if summary.error:
         print(f"error: {summary.error}", file=sys.stderr)
         return code
+    if summary.evaluation_table:
+        print(f"against {config.output.gold}:\n{summary.evaluation_table}", file=sys.stderr)
     if summary.stopped:
         print(f"stopped early: {summary.stopped}", file=sys.stderr)
     where = "the output's _error column" if config.output.include_meta else "the store"

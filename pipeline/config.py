@@ -178,6 +178,11 @@ class OutputConfig(_Strict):
         le=10,
         description="ask again, up to this many times, when an answer does not parse",
     )
+    gold: str | None = Field(
+        default=None,
+        description="an input column holding the right answers: the run scores its answers "
+        "against it (accuracy, per-label or per-field scores) in the summary's evaluation",
+    )
 
     @model_validator(mode="after")
     def _parse_needs(self) -> OutputConfig:

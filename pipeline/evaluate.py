@@ -213,8 +213,14 @@ def _score_labels(
     matrix = [[0] * (len(names) + 1) for _ in names]
     for gold_key, answered in pairs:
         matrix[index[gold_key]][len(names) if answered is None else index[answered]] += 1
+    return _with_labels(base, list(names.values()), matrix)
+
+
+def _with_labels(base: Evaluation, names: list[str], matrix: list[list[int]]) -> Evaluation:
+    """`base` with the label scores its confusion matrix gives (gold rows x answered columns,
+    the last column NO_ANSWER)."""
     table = []
-    for i, label in enumerate(names.values()):
+    for i, label in enumerate(names):
         hits, support = matrix[i][i], sum(matrix[i])
         predicted = sum(row[i] for row in matrix)
         precision = hits / predicted if predicted else 0.0
@@ -226,12 +232,63 @@ def _score_labels(
     return replace(
         base,
         correct=correct,
-        accuracy=_ratio(correct, len(scored)),
+        accuracy=_ratio(correct, base.scored),
         labels=tuple(table),
         macro_f1=sum(present) / len(present) if present else None,
-        confusion_labels=tuple(names.values()),
+        confusion_labels=tuple(names),
         confusion=tuple(tuple(row) for row in matrix),
     )
+
+
+def merge(parts: Sequence[Evaluation]) -> Evaluation:
+    """One evaluation of consecutive chunks' rows, as if scored at once (row numbers of bad
+    gold counted over the whole)."""
+    if not parts:
+        raise ValueError("nothing to merge")
+    kind = parts[0].kind
+    bad_rows: list[int] = []
+    offset = 0
+    for part in parts:
+        bad_rows += [offset + row for row in part.gold_bad_rows]
+        offset += part.rows
+    base = Evaluation(
+        kind=kind,
+        rows=offset,
+        scored=sum(p.scored for p in parts),
+        correct=sum(p.correct for p in parts),
+        accuracy=None,
+        invalid=sum(p.invalid for p in parts),
+        failed=sum(p.failed for p in parts),
+        unscored_gold_null=sum(p.unscored_gold_null for p in parts),
+        unscored_gold_bad=sum(p.unscored_gold_bad for p in parts),
+        gold_bad_rows=tuple(bad_rows[:BAD_ROWS_SHOWN]),
+        unscored_skipped=sum(p.unscored_skipped for p in parts),
+        unscored_pending=sum(p.unscored_pending for p in parts),
+    )
+    if kind == "label":
+        names = list(dict.fromkeys(name for p in parts for name in p.confusion_labels))
+        index = {name: i for i, name in enumerate(names)}
+        matrix = [[0] * (len(names) + 1) for _ in names]
+        for part in parts:
+            columns = [index[n] for n in part.confusion_labels] + [len(names)]
+            for name, row in zip(part.confusion_labels, part.confusion, strict=True):
+                for column, count in zip(columns, row, strict=True):
+                    matrix[index[name]][column] += count
+        return _with_labels(base, names, matrix)
+    accuracy = _ratio(base.correct, base.scored)
+    if kind == "json":
+        scored: Counter[str] = Counter()
+        correct: Counter[str] = Counter()
+        for part in parts:
+            for field in part.fields:
+                scored[field.field] += field.scored
+                correct[field.field] += field.correct
+        table = tuple(
+            FieldScore(name, scored[name], correct[name], _ratio(correct[name], scored[name]))
+            for name in scored
+        )
+        return replace(base, accuracy=accuracy, fields=table, exact_match=accuracy)
+    return replace(base, accuracy=accuracy)
 
 
 def _score_json(

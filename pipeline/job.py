@@ -22,6 +22,7 @@ from .answers import answer_columns
 from .config import Config
 from .dispatch import Dispatcher
 from .errors import OutputError, RowError
+from .evaluate import Evaluation, score
 from .memo import Memo
 from .parse import Parser
 from .progress import Progress
@@ -101,6 +102,7 @@ class Job:
         self._failed: dict[str, Result] = {}  # failed in this run: not sent again in this run
         self._settled: dict[str, int] = {}  # rows settled in chunks not finished, by status
         self.fatal: OutputError | None = None  # the store failed: the run must stop
+        self.evaluations: list[Evaluation] = []  # per finished chunk, with output.gold
 
     def start(self) -> None:
         self.pool.start()
@@ -158,6 +160,8 @@ class Job:
     async def finish(self, chunk: Chunk) -> pl.DataFrame:
         """Wait for the chunk's answers and add them as columns, in row order."""
         if chunk.answered is not None:
+            if self.config.output.gold is not None:
+                self._evaluate(chunk.answered, self._memo_statuses(chunk.answered))
             return chunk.answered
         results = dict(chunk.known)
         for waited, future in chunk.waiting.items():
@@ -172,9 +176,16 @@ class Job:
                 rows.append(Result("", FAILED, error=chunk.row_errors[index]))
             else:
                 rows.append(Result("", SKIPPED))
+        statuses: list[str] = []
         answered, counts = answer_columns(
-            chunk.frame, rows, self.parser, include_meta=self.config.output.include_meta
+            chunk.frame,
+            rows,
+            self.parser,
+            include_meta=self.config.output.include_meta,
+            statuses=statuses,
         )
+        if self.config.output.gold is not None:
+            self._evaluate(answered, statuses)
         for status, count in counts.items():
             self.summary.count_many(status, count)
             self._tally(OK if status == INVALID else status, -count)  # parsed: no longer live
@@ -183,6 +194,28 @@ class Job:
             new = answered.columns[chunk.frame.width :]
             self.memo.put(chunk.digest, answered.select(new), ok, skipped)
         return answered
+
+    def _evaluate(self, answered: pl.DataFrame, statuses: list[str]) -> None:
+        """Score a finished chunk's answers against the gold column (`output.gold`)."""
+        output = self.config.output
+        assert output.gold is not None
+        gold = answered.get_column(output.gold).to_list()
+        names = list(self.parser.columns)
+        if output.parse == "json":
+            answers: list[Any] = answered.select(names).to_dicts()
+        else:
+            answers = answered.get_column(names[0]).to_list()
+        fields = names if output.parse == "json" else None
+        self.evaluations.append(
+            score(output.parse, answers, gold, statuses, labels=output.labels, fields=fields)
+        )
+
+    def _memo_statuses(self, answered: pl.DataFrame) -> list[str]:
+        """A memoised chunk's statuses: each row answered, or skipped (no answer at all)."""
+        if "_status" in answered.columns:
+            return [str(s) for s in answered.get_column("_status").to_list()]
+        blank = pl.all_horizontal(pl.col(name).is_null() for name in self.parser.columns)
+        return [SKIPPED if b else OK for b in answered.select(blank).to_series().to_list()]
 
     async def _handle(self, work: Work) -> Result:
         """One key's request (and re-asks) through the sender; a failing store stops the run."""

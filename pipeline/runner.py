@@ -29,11 +29,13 @@ from .checks import api_key, check_new_columns, check_output
 from .client import ChatClient
 from .config import Config
 from .errors import ConfigError, PipelineError
+from .evaluate import merge
 from .job import Chunk, Job
 from .limiter import Limiter
 from .lock import Lock
 from .progress import Progress
 from .render import Renderer
+from .scoretable import format_table
 from .sender import Sender
 from .sink import Sink
 from .source import Source
@@ -192,11 +194,16 @@ async def _batch_phase(
         finally:
             store.close()
     if outcome.held_back:
-        summary.stopped = (
-            f"run.max_cost_usd: {outcome.held_back} requests were not submitted, their worst "
-            "case would pass the budget; they are pending"
-        )
+        summary.stopped = _held_back(outcome)
     return outcome
+
+
+def _held_back(outcome: BatchOutcome) -> str:
+    """Why the run stops early when the budget kept requests from being submitted."""
+    return (
+        f"run.max_cost_usd: {outcome.held_back} requests were not submitted, their worst "
+        "case would pass the budget; they are pending"
+    )
 
 
 def _count_batches(summary: Summary, outcome: BatchOutcome) -> None:
@@ -206,6 +213,8 @@ def _count_batches(summary: Summary, outcome: BatchOutcome) -> None:
     summary.completion_tokens += outcome.completion_tokens
     if outcome.cost_usd:
         summary.cost_usd = (summary.cost_usd or 0.0) + outcome.cost_usd
+    if outcome.held_back and not summary.stopped:  # the engine's counting cleared it
+        summary.stopped = _held_back(outcome)
     if summary.pending and not outcome.fallback and not summary.stopped:
         summary.stopped = (
             f"{summary.pending} rows have no answer from the batches (expired, cancelled or "
@@ -290,6 +299,10 @@ async def execute(
                         job.memo.prune()
             finally:
                 _count_spending(summary, sender)
+                if job.evaluations:
+                    evaluation = merge(job.evaluations)
+                    summary.evaluation = evaluation.to_dict()
+                    summary.evaluation_table = format_table(evaluation)
         finally:
             store.close()
 

@@ -51,6 +51,8 @@ class Summary:
     mode: str = "online"
     batch_submitted: int = 0  # requests this run submitted in batches
     batches: list[dict[str, Any]] = field(default_factory=list)  # id, state, counts
+    evaluation: dict[str, Any] | None = None  # the scores against output.gold
+    evaluation_table: str | None = None  # the same for the terminal (not in the JSON)
 
     def count(self, status: str) -> None:
         self.count_many(status, 1)
@@ -83,6 +85,7 @@ class Summary:
         data = asdict(self)
         data.pop("fail_threshold")
         data.pop("exit")
+        data.pop("evaluation_table")
         data["exit_code"] = self.exit_code
         data["seconds"] = round(self.seconds, 3)
         if self.cost_usd is not None:

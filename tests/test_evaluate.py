@@ -22,6 +22,7 @@ from pipeline.evaluate import (
     agreement,
     cohen_kappa,
     label_key,
+    merge,
     percentile,
     score,
 )
@@ -455,3 +456,43 @@ def test_kappa_and_agreement_are_symmetric(pairs: list[tuple[str | None, str | N
 def test_agreement_with_itself_is_one(column: list[Any]) -> None:
     assume(any(not evaluate._missing(v) for v in column))
     assert agreement(column, column) == 1.0
+
+
+@given(
+    st.lists(st.sampled_from(["a", "b", "c", "zz", None]), min_size=1, max_size=40),
+    st.lists(st.sampled_from(["a", "b", "c", None, ""]), min_size=40, max_size=40),
+    st.lists(
+        st.sampled_from(["ok", "ok", "invalid", "failed", "skipped"]), min_size=40, max_size=40
+    ),
+    st.integers(1, 7),
+)
+def test_merging_chunks_scores_as_if_at_once(
+    answers: list[str | None], gold: list[str | None], statuses: list[str], chunk: int
+) -> None:
+    n = len(answers)
+    gold, statuses = gold[:n], statuses[:n]
+    for kind in ("label", "text"):
+        whole = score(kind, answers, gold, statuses, labels=["a", "b", "c"])  # type: ignore[arg-type]
+        parts = [
+            score(
+                kind,
+                answers[i : i + chunk],
+                gold[i : i + chunk],
+                statuses[i : i + chunk],
+                labels=["a", "b", "c"],
+            )  # type: ignore[arg-type]
+            for i in range(0, n, chunk)
+        ]
+        assert merge(parts).to_dict() == whole.to_dict()
+
+
+def test_merging_json_chunks_sums_fields() -> None:
+    answers = [{"x": 1, "y": "a"}, {"x": 2, "y": "b"}, None, {"x": 1}]
+    gold = ['{"x": 1, "y": "A"}', {"x": 3, "y": "b"}, {"x": 1}, '{"x": 1, "y": "c"}']
+    statuses = ["ok", "ok", "failed", "ok"]
+    whole = score("json", answers, gold, statuses)
+    parts = [
+        score("json", answers[:1], gold[:1], statuses[:1]),
+        score("json", answers[1:], gold[1:], statuses[1:]),
+    ]
+    assert merge(parts).to_dict() == whole.to_dict()
