@@ -94,10 +94,16 @@ def _apply_override(data: dict[str, Any], item: str, lines: Lines) -> None:
     if not sep or not name.strip():
         raise ConfigError(f"--set expects KEY=VALUE, e.g. run.concurrency=8; got {item!r}")
     key = tuple(name.strip().split("."))
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else raw
-    except yaml.YAMLError:
-        value = raw
+    if raw.startswith("@"):  # the text of a file, as it is: a template, a system prompt
+        try:
+            value: Any = Path(raw[1:]).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--set {name}=@{raw[1:]}: cannot read the file: {exc}") from None
+    else:
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else raw
+        except yaml.YAMLError:
+            value = raw
     target = data
     for part in key[:-1]:
         child = target.setdefault(part, {})

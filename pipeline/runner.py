@@ -258,11 +258,13 @@ async def execute(
     transport: httpx.AsyncBaseTransport | None = None,
     offline: bool = False,
     prune_memo: bool = False,
+    latencies: list[float] | None = None,
 ) -> None:
     """The engine: frames in, answered frames to `write`, in order, under the store's lock.
 
     `summary` counts what happened, also when an error ends the run part-way.
     `prune_memo`: `frames` are the whole input, so memoised chunks not seen are stale.
+    `latencies`, when given, gets the seconds each answered request took.
     """
     progress = progress or Progress(enabled=False)
     key = None if offline else api_key(config)
@@ -283,6 +285,7 @@ async def execute(
                     transport=transport,
                 )
             sender = Sender(config, client, limiter, found_price)
+            sender.latencies = latencies
             job = Job(
                 config, store, sender, renderer, summary=summary, progress=progress, offline=offline
             )

@@ -68,6 +68,7 @@ class Sender:
         )
         self._auth_failures = 0
         self._backing_off = 0  # requests sleeping before their next retry
+        self.latencies: list[float] | None = None  # seconds per answer, when a caller wants them
 
     def waiting(self) -> str | None:
         """What sending waits for now (endpoint down, rate limit, retry backoff); None: nothing.
@@ -183,11 +184,14 @@ class Sender:
         if self.stop_reason is not None or self._client is None:
             raise _Stopped
         self.counters.requests_sent += 1
+        began = time.monotonic()
         try:
             completion = await self._client.complete(request.payload)
         except RateLimited as exc:
             self._limiter.rate_limited_by_server(exc.retry_after, sent_at=sent_at, rate=exc.rate)
             raise
+        if self.latencies is not None:
+            self.latencies.append(time.monotonic() - began)
         used = completion.prompt_tokens + completion.completion_tokens
         self._limiter.settle(request.est_tokens, used)
         self._limiter.observe(rate_headers(completion.headers), sent_at=sent_at)

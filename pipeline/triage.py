@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 
-from .records import PENDING, Request, Result
+from .records import FAILED, PENDING, Request, Result
 
 Work = tuple[Request, int, Result | None]  # request, first re-ask to send, answer so far
 Stored = tuple[Result, int | None]  # a stored answer and the next re-ask it needs, if any
@@ -52,6 +52,8 @@ def triage(
             plan.settled[key] = failed[key]
         elif key in in_flight:
             plan.join.append(key)
+        elif not sending and request.failed_before is not None:  # failed in an earlier run
+            plan.settled[key] = Result(key, FAILED, error=request.failed_before)
         elif not sending:
             plan.settled[key] = Result(key, PENDING)
         else:
