@@ -1,5 +1,6 @@
 # make run   set up, start the local model server, run configs/demo.yaml, show rows, stop the server
-# make test  set up (local model server included) and run the test suite
+# make test  set up (local model server included, headless Chromium for the report tests)
+#            and run the test suite
 # make bench set up and run the performance benchmark (not part of make test);
 #            BENCH_ARGS='--quick' or '--repeat 3' are passed on to scripts/bench.py
 # make check format check, lint, types and tests
@@ -12,10 +13,11 @@ LLAMA_CPP_VERSION := 0.3.36
 SMOLLM2_VERSION := 0.1.2
 BENCH_ARGS ?=
 
-.PHONY: setup model run test bench check docs clean
+.PHONY: setup model chromium run test bench check docs clean
 
 setup: $(VENV)/.setup-done
 model: $(VENV)/.model-done
+chromium: $(VENV)/.chromium-done
 
 $(VENV)/.setup-done: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,10 +58,26 @@ $(VENV)/.model-done: $(VENV)/.setup-done
 	echo "model: done in $$(( $$(date +%s) - start )) s"
 	touch $@
 
+# tests/test_report.py renders the HTML reports in headless Chromium (skipped without it).
+# Debian's package, installed only as root (CI and the dev machines are root); elsewhere one
+# line says why not, and the stamp is left unmade so a later `make test` checks again.
+# The first install takes about a minute; later ones find `chromium` on PATH at once.
+$(VENV)/.chromium-done: $(VENV)/.setup-done
+	@set -e; if command -v chromium >/dev/null 2>&1; then \
+	  echo "chromium: $$(command -v chromium)"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  start=$$(date +%s); echo "chromium: installing Debian's chromium package for the report tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  echo "chromium: installed in $$(( $$(date +%s) - start )) s"; \
+	else \
+	  echo "chromium: not on PATH and not root, so not installed: the browser tests are skipped"; \
+	  exit 0; \
+	fi; touch $@
+
 run: setup model
 	$(PY) scripts/demo.py
 
-test: setup model
+test: setup model chromium
 	$(PY) -m pytest -q
 
 bench: setup

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import json
 import logging
 import os
 import sys
@@ -15,7 +16,10 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import polars as pl
+
 from . import __version__
+from .checks import api_key
 from .commands import (
     cmd_batch_export,
     cmd_batch_import,
@@ -27,7 +31,7 @@ from .commands import (
     cmd_store_salvage,
     cmd_validate,
 )
-from .config import DEFAULT_BASE_URL, DEFAULT_KEY_ENV, Config
+from .config import DEFAULT_BASE_URL, DEFAULT_KEY_ENV, Config, InputConfig
 from .configfile import load
 from .errors import (
     ConfigError,
@@ -37,13 +41,17 @@ from .errors import (
 )
 from .progress import Progress
 from .runner import run
+from .source import Source
 from .summary import (
+    EXIT_FAILED_ROWS,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_LOCKED,
+    EXIT_OK,
     EXIT_PART_WAY,
     EXIT_STOPPED,
     EXIT_USAGE,
+    Summary,
     summary_path,
 )
 
@@ -63,6 +71,21 @@ CHECK_EPILOG = """exit codes:
   0    no problem found
   2    config, input, output or store problem
   3    the endpoint rejected the key or does not serve the model
+  4    another run is using the same store
+  6    internal error (a bug)
+  130  interrupted (Ctrl-C)
+"""
+
+COMPARE_EPILOG = """prints one JSON object: the sample, and per variant its evaluation against
+output.gold (when set), invalid and failed rates, tokens, the sample's cost and the whole
+table's projected cost (online and in batch), latency p50/p95; agreement and Cohen's kappa
+between variants; the rows where they differ. Every variant uses the config's store: a rerun
+sends nothing, and a later run of the chosen variant reuses the sample's answers.
+
+exit codes:
+  0    every variant answered the sample (failed or invalid rows are in the figures)
+  2    config, input, output or store problem
+  3    a variant stopped early (key or model rejected, budget reached, endpoint down)
   4    another run is using the same store
   6    internal error (a bug)
   130  interrupted (Ctrl-C)
@@ -140,12 +163,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("run", "send one request per row and write the output", cmd_run, EPILOG)
     sub.add_argument("--limit", type=_count, metavar="N", help=LIMIT_HELP)
+    sub.add_argument(
+        "--report",
+        metavar="FILE.html",
+        help="also write an HTML report: status counts, the evaluation (output.gold), the "
+        "answers' distribution, tokens and cost, errors by type",
+    )
     sub.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
     sub.add_argument(
         "--detach",
         action="store_true",
         help="run.mode batch: submit the batches and exit 0; a later run collects them",
     )
+    sub = command(
+        "compare",
+        "run the same sample of rows through variants of the config, side by side",
+        cmd_compare,
+        COMPARE_EPILOG,
+    )
+    sub.add_argument("-n", type=_count, default=100, metavar="N", help="rows in the sample")
+    sub.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE[,KEY=VALUE...]",
+        help="a variant: the config with these overrides (as --set; @FILE reads a value from "
+        "a file), e.g. mini:model.name=gpt-4o-mini,model.params.temperature=0 (repeatable)",
+    )
+    sub.add_argument(
+        "--sample", choices=["first", "random"], default="first", help="which rows (default first)"
+    )
+    sub.add_argument("--seed", type=int, default=0, help="the random sample's seed (default 0)")
+    sub.add_argument("--report", metavar="FILE.html", help="also write an HTML report there")
+    sub.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
     sub = command(
         "preview", "render the first requests, estimate tokens and cost; send nothing", cmd_preview
     )
@@ -360,11 +410,64 @@ def _report_run(config: Config, offline: bool, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     print(f"wrote {output} and {summary_path(output)}", file=sys.stderr)
+    if getattr(args, "report", None):
+        _write_run_report(config, summary, Path(args.report), args.config)
     return code
+
+
+def _write_run_report(config: Config, summary: Summary, path: Path, name: str) -> None:
+    """The run's HTML report, from its summary and its output file."""
+    from .report import run_report, write_report
+
+    labels: dict[str, int] | None = None
+    errors: dict[str, int] = {}
+    written = Path(summary.output)
+    source = Source(written, None, InputConfig(path=written))
+    frame = pl.concat(list(source.chunks(config.run.chunk_rows)), how="vertical_relaxed")
+    if config.output.parse != "json" and config.output.column in frame.columns:
+        counts = frame.get_column(config.output.column).drop_nulls().value_counts(sort=True)
+        labels = {str(value): int(n) for value, n in counts.iter_rows()}
+    if "_error" in frame.columns:
+        for error in frame.get_column("_error").drop_nulls().to_list():
+            kind = str(error).split(":", 1)[0][:60]
+            errors[kind] = errors.get(kind, 0) + 1
+    data = {"config": name, "summary": summary.to_dict(), "labels": labels, "errors": errors}
+    write_report(path, run_report(data))
+    print(f"wrote {path}", file=sys.stderr)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     return _report_run(_config(args), False, args)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare, format_compare  # only this command needs them
+
+    key = None
+    with contextlib.suppress(PipelineError):
+        key = api_key(load(args.config, args.overrides))
+    progress = Progress(enabled=not args.no_progress)
+    report = compare(
+        args.config,
+        args.overrides,
+        args.variant,
+        n=args.n,
+        how=args.sample,
+        seed=args.seed,
+        key=key,
+        progress=progress,
+    )
+    print(json.dumps(report, ensure_ascii=False))
+    print(format_compare(report), file=sys.stderr)
+    if args.report:
+        from .report import compare_report, write_report
+
+        write_report(Path(args.report), compare_report(report))
+        print(f"wrote {args.report}", file=sys.stderr)
+    stopped = [v for v in report["variants"] if v["exit_code"] not in (EXIT_OK, EXIT_FAILED_ROWS)]
+    for variant in stopped:
+        print(f"variant {variant['name']}: {variant['stopped']}", file=sys.stderr)
+    return int(stopped[0]["exit_code"]) if stopped else EXIT_OK
 
 
 def cmd_reparse(args: argparse.Namespace) -> int:

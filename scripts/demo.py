@@ -16,9 +16,10 @@ from local_model import DEFAULT_PORT, available, serve  # noqa: E402
 
 CONFIG = Path("configs/demo.yaml")
 OUTPUT = Path("out/demo.parquet")
+REPORT = Path("out/demo-report.html")
 SERVER_LOG = Path("out/llama-server.log")
 SHOW_ROWS = 8
-SHOW_COLUMNS = ("id", "message", "category", "_status")
+SHOW_COLUMNS = ("id", "message", "expected", "category", "_status")
 CLI_STOP_TIMEOUT_S = 30.0
 
 
@@ -33,7 +34,8 @@ def show_output(path: Path) -> None:
 
 def run_cli(env: dict[str, str]) -> int:
     """Run the pipeline CLI on the demo config; its output goes straight to the terminal."""
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(CONFIG)], env=env)
+    command = [sys.executable, "-m", "pipeline", "run", str(CONFIG), "--report", str(REPORT)]
+    proc = subprocess.Popen(command, env=env)
     try:
         return proc.wait()
     except KeyboardInterrupt:
@@ -69,8 +71,9 @@ def main() -> int:
     if OUTPUT.exists():
         show_output(OUTPUT)
         print(
-            "note: SmolLM2-135M is a tiny model, so many labels are wrong; "
-            "the demo shows the plumbing, not the quality."
+            "note: SmolLM2-135M is a tiny model (135 M parameters), so many labels are wrong: "
+            "the accuracy against the data's `expected` column is printed above, and "
+            f"{REPORT} shows it in full; the demo shows the plumbing, not the quality."
         )
     return code
 

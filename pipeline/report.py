@@ -1,0 +1,733 @@
+"""Report stage: the JSON of `pipeline compare`, or of a run, -> one self-contained HTML page.
+
+Inline CSS and SVG drawn here: no script, font or image is fetched, so the file opens
+offline, mails and prints. Every value taken from the data (answers, input cells, labels,
+variant names, error types) is escaped. Pure and deterministic: the same data gives the same
+bytes; the time shown is `data["generated"]` when the caller sets one.
+
+docs/images/compare-report.png is this page for a made-up comparison, drawn by
+`.venv/bin/python scripts/report_screenshot.py` (headless Chromium: `make chromium`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from html import escape
+from pathlib import Path
+from typing import Any, TypeGuard
+
+from .parse import label_key
+
+DASH = "\u2013"  # a value that is not known
+LABEL_CHARS = 22  # a label longer than this is cut, the whole of it in a tooltip
+CELL_CHARS = 140  # the same for a cell of the disagreement table
+PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#b07aa1", "#9c755f")
+INK, MUTED = "#1f2933", "#5f6b7a"
+
+Section = tuple[str, str]  # heading, HTML
+
+# --- formatting ----------------------------------------------------------------------------
+
+
+def _e(value: Any) -> str:
+    return escape(str(value), quote=True)
+
+
+def _show(value: Any) -> str:
+    """A cell or answer as text: None as a dash, strings as they are, the rest as JSON."""
+    if value is None:
+        return DASH
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _short(text: str, limit: int = LABEL_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def _cut(value: Any, limit: int = LABEL_CHARS) -> str:
+    """Escaped text, cut to `limit` characters with the whole of it as a tooltip."""
+    text = _show(value)
+    if len(text) <= limit:
+        return _e(text)
+    return f'<span title="{_e(text)}">{_e(_short(text, limit))}</span>'
+
+
+def _number(value: Any) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _pct(value: Any) -> str:
+    return f"{value:.1%}" if _number(value) else DASH
+
+
+def _usd(value: Any) -> str:
+    """Dollars to three significant digits ($0.0555, $0.111, $3.41), cents from $1, whole
+    dollars from $100."""
+    if not _number(value):
+        return DASH
+    if value == 0 or abs(value) >= 100:
+        return f"${value:,.0f}"
+    return f"${value:.{max(2, 2 - math.floor(math.log10(abs(value))))}f}"
+
+
+def _int(value: Any) -> str:
+    return f"{value:,.0f}" if _number(value) else DASH
+
+
+def _fixed(value: Any, digits: int = 2, unit: str = "") -> str:
+    return f"{value:.{digits}f}{unit}" if _number(value) else DASH
+
+
+def _mix(low: str, high: str, t: float) -> str:
+    """The colour a share `t` (0-1) of the way from `low` to `high`."""
+    t = min(max(t, 0.0), 1.0)
+    a, b = (tuple(int(c[i : i + 2], 16) for i in (1, 3, 5)) for c in (low, high))
+    return "#" + "".join(f"{round(x + (y - x) * t):02x}" for x, y in zip(a, b, strict=True))
+
+
+# --- the page and its parts ----------------------------------------------------------------
+
+_CSS = """
+:root{--line:#e3e7ed;--best:#dff2e4;--bg:#f4f6f9}
+*{box-sizing:border-box}
+body{margin:0;background:var(--bg);color:#1f2933;font:14px/1.45 system-ui,-apple-system,
+"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif}
+main{max-width:1200px;margin:0 auto;padding:24px 28px 40px}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:16px;margin:0 0 10px}
+.meta{color:#5f6b7a;margin:0}.meta b{color:#1f2933;font-weight:600}
+section{background:#fff;border:1px solid var(--line);border-radius:8px;padding:16px 20px;
+margin-top:18px;break-inside:avoid}
+.pair{display:grid;grid-template-columns:auto 1fr;gap:0 18px}.pair>section{min-width:0}
+.note{color:#5f6b7a;font-size:12.5px;margin:8px 0 0}
+.scroll{overflow-x:auto}
+table{border-collapse:collapse;font-variant-numeric:tabular-nums}
+th,td{padding:5px 10px;border-bottom:1px solid var(--line);text-align:left;vertical-align:top}
+thead th{border-bottom:2px solid #c9d1db;font-weight:600;white-space:nowrap}
+thead tr.group th{border-bottom:1px solid var(--line);color:#5f6b7a;font-weight:500;
+font-size:12px;text-align:center}
+tbody tr:nth-child(even){background:#fafbfc}
+td.n,th.n{text-align:right;white-space:nowrap}
+td.best{background:var(--best);font-weight:600}
+.sub{color:#5f6b7a;font-size:12px}
+.dot{display:inline-block;width:9px;height:9px;border-radius:50%;margin-right:6px}
+.cards{display:flex;flex-wrap:wrap;gap:12px}
+.card{border:1px solid var(--line);border-radius:6px;padding:8px 14px;min-width:120px}
+.card b{display:block;font-size:19px;font-variant-numeric:tabular-nums}
+.card span{color:#5f6b7a;font-size:12px}
+.figs{display:flex;flex-wrap:wrap;gap:18px 24px;align-items:flex-start}
+figure{margin:0}figcaption{font-size:12.5px;color:#5f6b7a;margin-top:4px}
+svg{max-width:100%;height:auto;font-family:inherit}
+td.cell{max-width:340px;overflow-wrap:break-word}
+td.right{background:#e3f4e8}td.wrong{background:#fde8e6}td.minority{background:#fff3d1}
+.alert{border-left:4px solid #d9822b;background:#fff8ef;padding:8px 12px;margin-top:12px}
+.bar{display:inline-block;height:8px;background:#9db4d3;border-radius:2px}
+@media print{body{background:#fff;font-size:11px}main{padding:0}section{border:0;padding:8px 0}
+th,td{padding:3px 5px}.sub{font-size:10px}
+.pair{display:block}.scroll{overflow:visible}
+*{-webkit-print-color-adjust:exact;print-color-adjust:exact}}
+"""
+
+
+def _page(title: str, meta: Sequence[str], sections: Iterable[Section | list[Section]]) -> str:
+    """The document: a header of `meta` lines (HTML), then the sections; a list of sections
+    shares a row."""
+
+    def one(part: Section) -> str:
+        return f"<section><h2>{_e(part[0])}</h2>{part[1]}</section>\n"
+
+    body = "".join(
+        f'<div class="pair">{"".join(map(one, s))}</div>' if isinstance(s, list) else one(s)
+        for s in sections
+    )
+    lines = "".join(f'<p class="meta">{m}</p>' for m in meta)
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{_e(title)}</title>\n<style>{_CSS}</style></head>\n<body><main>"
+        f"<header><h1>{_e(title)}</h1>{lines}</header>\n{body}</main></body></html>\n"
+    )
+
+
+def _generated(data: Mapping[str, Any]) -> list[str]:
+    return [f"generated <b>{_e(data['generated'])}</b>"] if data.get("generated") else []
+
+
+def _table(head: str, rows: Iterable[str]) -> str:
+    body = "".join(f"<tr>{row}</tr>" for row in rows)
+    return f'<div class="scroll"><table><thead>{head}</thead><tbody>{body}</tbody></table></div>'
+
+
+def _cards(items: Iterable[tuple[str, str]]) -> str:
+    inner = "".join(f'<div class="card"><b>{v}</b><span>{_e(k)}</span></div>' for k, v in items)
+    return f'<div class="cards">{inner}</div>'
+
+
+def _svg(width: float, height: float, parts: Iterable[str], font: float = 12) -> str:
+    return (
+        f'<svg width="{width:.0f}" height="{height:.0f}" viewBox="0 0 {width:.0f} {height:.0f}" '
+        f'role="img" font-size="{font}">{"".join(parts)}</svg>'
+    )
+
+
+def _text(x: float, y: float, text: str, end: bool = False, fill: str = INK, **more: Any) -> str:
+    """An SVG label, escaped and cut to LABEL_CHARS with the whole of it as its tooltip;
+    `more` are attributes (`text_anchor` is text-anchor)."""
+    attrs = "".join(f' {k.replace("_", "-")}="{v}"' for k, v in more.items())
+    anchor = ' text-anchor="end"' if end else ""
+    tip = f"<title>{_e(text)}</title>" if len(text) > LABEL_CHARS else ""
+    return (
+        f'<text x="{x:.1f}" y="{y:.1f}"{anchor} fill="{fill}"{attrs}>{tip}{_e(_short(text))}</text>'
+    )
+
+
+def _rect(x: float, y: float, w: float, h: float, fill: str, tip: str = "", rx: int = 0) -> str:
+    """An SVG box; `tip` (HTML, escaped already) is its tooltip."""
+    title = f"<title>{tip}</title>" if tip else ""
+    return (
+        f'<rect x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}" rx="{rx}" '
+        f'fill="{fill}">{title}</rect>'
+    )
+
+
+def _caption(x: float, y: float, text: str, rotate: bool = False) -> str:
+    """An axis title (a fixed text of this module, never cut)."""
+    turn = f' transform="rotate(-90 {x:.1f} {y:.1f})"' if rotate else ""
+    return f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="middle" fill="{MUTED}"{turn}>{text}</text>'
+
+
+# --- the comparison ------------------------------------------------------------------------
+
+
+def compare_report(data: Mapping[str, Any]) -> str:
+    """The page for the JSON `pipeline compare` prints (see the module docstring)."""
+    variants = [v for v in data.get("variants") or [] if isinstance(v, Mapping)]
+    colour = {v.get("name"): PALETTE[i % len(PALETTE)] for i, v in enumerate(variants)}
+    sample = data.get("sample") or {}
+    how = str(sample.get("how") or DASH)
+    if sample.get("seed") is not None:
+        how += f", seed {sample['seed']}"
+    meta = [
+        f"config <b>{_e(data.get('config') or DASH)}</b> · answers <b>"
+        f"{_e(data.get('kind') or DASH)}</b> · gold <b>{_e(data.get('gold') or 'none')}</b>",
+        f"sample <b>{_int(sample.get('rows'))}</b> of <b>{_int(data.get('table_rows'))}</b> rows"
+        f" ({_e(how)}) · {len(variants)} variant{'s' * (len(variants) != 1)}",
+        *_generated(data),
+    ]
+    sections: list[Section | list[Section]] = [
+        ("Variants", _variants_table(data, variants, colour))
+    ]
+    if maps := _heatmaps(variants):
+        sections.append(("Confusion matrices", maps))
+    if fields := _fields_table(variants):
+        sections.append(("Accuracy per field", fields))
+    pair = []
+    if scatter := _scatter(variants, colour):
+        pair.append(("Accuracy and projected cost", scatter))
+    if len(variants) > 1:
+        pair.append(("Agreement", _agreement(data, variants)))
+    sections += [pair] if len(pair) > 1 else pair
+    sections.append(_disagreements(data, variants))
+    return _page("Comparison of variants", meta, sections)
+
+
+def _ev(variant: Mapping[str, Any], key: str) -> Any:
+    return (variant.get("evaluation") or {}).get(key)
+
+
+def _tokens(variant: Mapping[str, Any]) -> int | None:
+    known = [n for k in ("prompt_tokens", "completion_tokens") if _number(n := variant.get(k))]
+    return int(sum(known)) if known else None
+
+
+def _secs(value: Any) -> str:
+    return _fixed(value, 2, " s")
+
+
+Column = tuple[str, str, Callable[[Mapping[str, Any]], Any], bool, Callable[[Any], str]]
+_COLUMNS: tuple[Column, ...] = (  # group, heading, the value of a variant, best is high, format
+    ("Quality", "Accuracy", lambda v: _ev(v, "accuracy"), True, _pct),
+    ("Quality", "Exact match", lambda v: _ev(v, "exact_match"), True, _pct),
+    ("Quality", "Macro-F1", lambda v: _ev(v, "macro_f1"), True, lambda x: _fixed(x, 3)),
+    ("Errors", "Invalid", lambda v: v.get("invalid_rate"), False, _pct),
+    ("Errors", "Failed", lambda v: v.get("failed_rate"), False, _pct),
+    ("Cost", "Tokens", _tokens, False, _int),
+    ("Cost", "Sample", lambda v: v.get("cost_usd"), False, _usd),
+    ("Cost", "All rows", lambda v: v.get("projected_cost_usd"), False, _usd),
+    ("Cost", "Batch", lambda v: v.get("projected_batch_cost_usd"), False, _usd),
+    ("Latency", "p50", lambda v: v.get("latency_p50_s"), False, _secs),
+    ("Latency", "p95", lambda v: v.get("latency_p95_s"), False, _secs),
+)
+
+
+def _variants_table(
+    data: Mapping[str, Any], variants: list[Mapping[str, Any]], colour: Mapping[Any, str]
+) -> str:
+    """One row per variant; the best value of each column shaded, when they differ."""
+    hidden = {"Accuracy"} if data.get("kind") == "json" else {"Exact match"}
+    columns = [
+        c
+        for c in _COLUMNS
+        if c[1] not in hidden and (c[0] != "Quality" or any(_number(c[2](v)) for v in variants))
+    ]
+    groups = Counter(c[0] for c in columns)  # in order of first sight, as the columns are
+    head = '<tr class="group"><th></th>'
+    head += "".join(f'<th colspan="{n}">{_e(g)}</th>' for g, n in groups.items())
+    head += "</tr><tr><th>Variant</th>" + "".join(f'<th class="n">{c[1]}</th>' for c in columns)
+    best = []
+    for _, _, read, high, _ in columns:
+        values = [x for x in map(read, variants) if _number(x)]
+        best.append((max if high else min)(values) if len(set(values)) > 1 else None)
+    rows = []
+    for v in variants:
+        name, model = v.get("name"), v.get("model")
+        row = f'<td><span class="dot" style="background:{colour[name]}"></span><b>{_cut(name)}</b>'
+        row += f'<div class="sub">{_cut(model, 48)}</div>' if model else ""
+        for override in v.get("overrides") or []:
+            if override != f"model.name={model}":
+                row += f'<div class="sub"><code>{_cut(override, 60)}</code></div>'
+        if v.get("stopped"):
+            row += f'<div class="sub">stopped: {_cut(v["stopped"], 80)}</div>'
+        for (_, heading, read, _, shown), top in zip(columns, best, strict=True):
+            value = read(v)
+            shade = " best" if top is not None and value == top else ""
+            tip = ""
+            if heading == "Tokens":
+                tokens = (_int(v.get("prompt_tokens")), _int(v.get("completion_tokens")))
+                tip = ' title="prompt {}, completion {}"'.format(*tokens)
+            row += f'<td class="n{shade}"{tip}>{shown(value)}</td>'
+        rows.append(row)
+    note = (
+        '<p class="note">Invalid: answers that did not parse; failed: no answer. All rows: the '
+        "sample's cost scaled to every row of the input; batch: the same through the Batch "
+        "API; in US dollars. Shaded: the best value of its column.</p>"
+    )
+    return _table(head, rows) + note
+
+
+def _heatmaps(variants: list[Mapping[str, Any]]) -> str:
+    figures = []
+    for v in variants:
+        confusion = _ev(v, "confusion")
+        if isinstance(confusion, Mapping) and confusion.get("gold"):
+            caption = f"<b>{_cut(v.get('name'))}</b> · accuracy {_pct(_ev(v, 'accuracy'))}"
+            figures.append(
+                f"<figure>{_heatmap(confusion)}<figcaption>{caption}</figcaption></figure>"
+            )
+    if not figures:
+        return ""
+    note = (
+        '<p class="note">Rows: the gold label; columns: the answer. Blue: right, red: wrong; '
+        "the shade is the share of the gold label's rows.</p>"
+    )
+    return f'<div class="figs">{"".join(figures)}</div>{note}'
+
+
+def _heatmap(confusion: Mapping[str, Any]) -> str:
+    """A confusion matrix as an SVG grid: a count in every cell, shaded by its row share."""
+    gold = [_show(g) for g in confusion.get("gold") or []]
+    answered = [_show(p) for p in confusion.get("predicted") or [*gold, "(no answer)"]]
+    matrix = confusion.get("matrix") or []
+    size = max(24, min(30, 480 // max(len(answered), 1)))
+    font = 12 if size >= 28 else 10
+    char = 0.52 * (font + 1)  # the mean width of a label's character, near enough
+    left = 10 + char * max(len(_short(t)) for t in gold)
+    slants = [char * len(_short(t)) for t in answered]  # the answers' labels, at 42 degrees
+    top = 16 + 0.67 * max(slants)
+    ends = [size * (j + 0.4 - len(answered)) + 0.75 * w for j, w in enumerate(slants)]
+    width = left + size * len(answered) + max(0.0, *ends) + 4
+    height = top + size * len(gold) + 4
+    out = []
+    for j, name in enumerate(answered):
+        x = left + size * (j + 0.4)
+        out.append(_text(x, top - 6, name, fill=MUTED, transform=f"rotate(-42 {x:.1f} {top - 6})"))
+    for i, name in enumerate(gold):
+        row = matrix[i] if i < len(matrix) else []
+        counts = [
+            int(row[j]) if j < len(row) and _number(row[j]) else 0 for j in range(len(answered))
+        ]
+        total, y = sum(counts) or 1, top + size * i
+        out.append(_text(left - 6, y + size / 2 + 3, name, end=True))
+        for j, count in enumerate(counts):
+            share, x = count / total, left + size * j
+            hue = "#1f5fa8" if i == j else "#c0392b"
+            fill = _mix("#eef3f9", hue, 0.1 + 0.9 * share) if count else "#f6f7f9"
+            ink = "#fff" if share > 0.5 else (INK if count else "#b3bac4")
+            fs = min(font, 1.8 * size / max(len(str(count)), 2))
+            tip = f"{_e(name)} \u2192 {_e(answered[j])}: {count}"
+            out.append(_rect(x, y, size - 2, size - 2, fill, tip, rx=3))
+            mid = x + size / 2 - 1
+            out.append(
+                _text(
+                    mid,
+                    y + size / 2 + 3,
+                    str(count),
+                    fill=ink,
+                    text_anchor="middle",
+                    font_size=f"{fs:.0f}",
+                )
+            )
+    return _svg(width, height, out, font + 1)
+
+
+def _fields_table(variants: list[Mapping[str, Any]]) -> str:
+    """For json answers: each field's accuracy, one column per variant."""
+    names = list(dict.fromkeys(f for v in variants for f in _ev(v, "fields") or {}))
+    if not names:
+        return ""
+    head = "<tr><th>Field</th>" + "".join(
+        f'<th class="n">{_cut(v.get("name"))}</th>' for v in variants
+    )
+    rows = []
+    for name in names:
+        row = f"<td>{_cut(name)}</td>"
+        for v in variants:
+            score = (_ev(v, "fields") or {}).get(name) or {}
+            tip = f"{_int(score.get('correct'))} of {_int(score.get('scored'))}"
+            row += f'<td class="n" title="{tip}">{_pct(score.get("accuracy"))}</td>'
+        rows.append(row)
+    return _table(head, rows)
+
+
+def _scatter(variants: list[Mapping[str, Any]], colour: Mapping[Any, str]) -> str:
+    points = [
+        (
+            _show(v.get("name")),
+            float(v["projected_cost_usd"]),
+            float(_ev(v, "accuracy")),
+            colour[v.get("name")],
+        )
+        for v in variants
+        if _number(v.get("projected_cost_usd")) and _number(_ev(v, "accuracy"))
+    ]
+    if not points:
+        return ""
+    note = (
+        '<p class="note">A point per variant: its accuracy on the sample and what the whole '
+        "table would cost online.</p>"
+    )
+    return _scatter_svg(points) + note
+
+
+def _ticks(low: float, high: float, count: int = 5) -> list[float]:
+    """Round values from at most `low` to at least `high`: steps of 1, 2 or 5 times 10^k."""
+    raw = ((high - low) or abs(high) or 1.0) / count
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw * (1 - 1e-9))
+    first = math.floor(low / step + 1e-9) * step
+    return [first + k * step for k in range(math.ceil((high - first) / step - 1e-9) + 1)]
+
+
+def _cost_axis(costs: list[float]) -> tuple[list[float], Callable[[float], float]]:
+    """Ticks and a 0-1 position for the costs: a log scale when they span ten times or more."""
+    low, high = min(costs), max(costs)
+    if low > 0 and high / low >= 10:
+        first, last = math.floor(math.log10(low) + 1e-9), math.ceil(math.log10(high) - 1e-9)
+        steps = (1,) if last - first > 3 else (1, 2, 5)
+        ticks = [m * 10.0**k for k in range(first, last + 1) for m in steps]
+        ticks = ticks[: next(i for i, t in enumerate(ticks) if t >= high * (1 - 1e-9)) + 1]
+        low, span = math.log10(ticks[0]), math.log10(ticks[-1] / ticks[0])
+        return ticks, lambda c: (math.log10(c) - low) / span
+    ticks = _ticks(0.0, high or 1.0)
+    return ticks, lambda c: c / ticks[-1]
+
+
+def _scatter_svg(points: list[tuple[str, float, float, str]]) -> str:
+    width, height, left, right, top, bottom = 560, 300, 54, 30, 12, 42
+    plot_w, plot_h = width - left - right, height - top - bottom
+    xs, at = _cost_axis([p[1] for p in points])
+    ys = [y for y in _ticks(max(0.0, math.floor(min(p[2] for p in points) * 10 - 0.5) / 10), 1.0)]
+    out = []
+    for tick in xs:
+        x = left + plot_w * at(tick)
+        out.append(
+            f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{top + plot_h}" stroke="#e6e9ef"/>'
+        )
+        out.append(_text(x, top + plot_h + 16, f"${tick:,g}", fill=MUTED, text_anchor="middle"))
+
+    def py(value: float) -> float:
+        return top + plot_h * (1 - (value - ys[0]) / ((ys[-1] - ys[0]) or 1))
+
+    for tick in ys:
+        y = py(tick)
+        out.append(
+            f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e6e9ef"/>'
+        )
+        out.append(_text(left - 8, py(tick) + 4, f"{tick:.0%}", end=True, fill=MUTED))
+    scale = " (log scale)" if xs[0] > 0 else ""  # a linear axis starts at $0
+    out.append(_caption(left + plot_w / 2, height - 6, f"projected cost of the whole table{scale}"))
+    out.append(_caption(14, top + plot_h / 2, "accuracy", rotate=True))
+    boxes: list[tuple[float, float, float, float]] = []
+    for name, cost, accuracy, fill in sorted(points, key=lambda p: (-p[2], p[1])):
+        cx, cy, w = left + plot_w * at(cost), py(accuracy), 7.0 * len(_short(name))
+        tries = [
+            (cx + 10 if side > 0 else cx - 10 - w, cy + dy)
+            for dy in (0, 14, -14, 28, -28)
+            for side in (1, -1)
+        ]
+        fits = [(x, y) for x, y in tries if left <= x and x + w <= width]
+        free = [
+            (x, y)
+            for x, y in fits
+            if not any(x < b[2] and b[0] < x + w and abs(y - b[1]) < 13 for b in boxes)
+        ]
+        x, y = (free or fits or tries)[0]
+        boxes.append((x, y, x + w, y))
+        out.append(
+            f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="6" fill="{fill}" stroke="#fff" '
+            f'stroke-width="1.5"><title>{_e(name)}: {accuracy:.1%}, {_usd(cost)}</title></circle>'
+        )
+        out.append(_text(x, y + 4, name))
+    return _svg(width, height, out)
+
+
+def _agreement(data: Mapping[str, Any], variants: list[Mapping[str, Any]]) -> str:
+    """Variants x variants: the share of rows both answered alike, and Cohen's kappa."""
+    pairs: dict[tuple[Any, Any], Mapping[str, Any]] = {}
+    for pair in data.get("agreement") or []:
+        pairs[(pair.get("a"), pair.get("b"))] = pairs[(pair.get("b"), pair.get("a"))] = pair
+    names = [v.get("name") for v in variants]
+    head = "<tr><th></th>" + "".join(f'<th class="n">{_cut(n)}</th>' for n in names)
+    rows = []
+    for a in names:
+        row = f"<th>{_cut(a)}</th>"
+        for b in names:
+            pair = pairs.get((a, b))
+            if a == b or pair is None:
+                row += f'<td class="n sub">{DASH}</td>'
+                continue
+            share, kappa = pair.get("agreement"), pair.get("kappa")
+            shade = _mix("#ffffff", "#8fb3dc", 2 * share - 1) if _number(share) else "#fff"
+            row += f'<td class="n" style="background:{shade}">{_pct(share)}'
+            row += f'<div class="sub">κ {_fixed(kappa)}</div>' if _number(kappa) else ""
+            row += "</td>"
+        rows.append(row)
+    known = any(_number(p.get("kappa")) for p in pairs.values())
+    kappa = "; κ: Cohen's kappa, agreement beyond chance" if known else ""
+    note = f"Of the rows both variants answered, the share with equal answers{kappa}."
+    return _table(head, rows) + f'<p class="note">{note}</p>'
+
+
+def _key(kind: Any, value: Any) -> Any:
+    """What two answers are compared by: labels and texts without case and spacing."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return label_key(value) if kind == "label" else " ".join(value.split()).casefold()
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def _disagreements(data: Mapping[str, Any], variants: list[Mapping[str, Any]]) -> Section:
+    """The rows where the variants differ; answers marked right or wrong, or odd one out."""
+    found = data.get("disagreements") or {}
+    shown = [r for r in found.get("rows") or [] if isinstance(r, Mapping)]
+    total = _int(found.get("total", len(shown)))
+    heading = f"Rows where the variants disagree: {len(shown)} of {total} shown"
+    if not shown:
+        return heading, '<p class="note">No row to show.</p>'
+    kind, gold = data.get("kind"), data.get("gold")
+    columns = list(found.get("columns") or [])
+    names = [v.get("name") for v in variants]
+    head = '<tr><th class="n">Row</th>' + "".join(f"<th>{_cut(c)}</th>" for c in columns)
+    head += ("<th>Gold</th>" if gold else "") + "".join(f"<th>{_cut(n)}</th>" for n in names)
+    rows = []
+    for r in shown:
+        inputs, answers = r.get("input") or {}, r.get("answers") or {}
+        row = f'<td class="n">{_int(r.get("row"))}</td>'
+        row += "".join(f'<td class="cell">{_cut(inputs.get(c), CELL_CHARS)}</td>' for c in columns)
+        keys = {n: _key(kind, answers.get(n)) for n in names}
+        common = Counter(keys.values()).most_common(1)[0][0] if keys else None
+        truth = _key(kind, r.get("gold")) if gold else None
+        if gold:
+            row += f'<td class="cell"><b>{_cut(r.get("gold"), CELL_CHARS)}</b></td>'
+        for n in names:
+            if truth is not None:
+                mark = " right" if keys[n] == truth else " wrong"
+            else:
+                mark = " minority" if keys[n] != common else ""
+            row += f'<td class="cell{mark}">{_cut(answers.get(n), CELL_CHARS)}</td>'
+        rows.append(row)
+    legend = (
+        "Green: the gold answer; red: another."
+        if gold
+        else "Yellow: an answer other than the row's most common one."
+    )
+    return heading, _table(head, rows) + f'<p class="note">{legend} {DASH}: no answer.</p>'
+
+
+# --- a run ---------------------------------------------------------------------------------
+
+_STATUSES = (  # summary key, colour
+    ("answered", "#59a14f"),
+    ("invalid", "#edc948"),
+    ("failed", "#e15759"),
+    ("skipped", "#bab0ac"),
+    ("pending", "#76b7b2"),
+)
+
+
+def run_report(data: Mapping[str, Any]) -> str:
+    """The page for `pipeline run --report`: data = {config, summary, labels, errors}."""
+    summary = data.get("summary") or {}
+    code = summary.get("exit_code")
+    meta = [
+        f"config <b>{_e(data.get('config') or DASH)}</b> · mode <b>"
+        f"{_e(summary.get('mode') or DASH)}</b> · exit code <b>{_e(DASH if code is None else code)}"
+        "</b> · "
+        f"{_fixed(summary.get('seconds'), 1, ' s')}",
+        *_generated(data),
+    ]
+    rows = _status_bar(summary)
+    for key in ("stopped", "error"):
+        if summary.get(key):
+            rows += f'<div class="alert"><b>{key}:</b> {_cut(summary[key], 400)}</div>'
+    sections: list[Section | list[Section]] = [("Rows", rows)]
+    if isinstance(summary.get("evaluation"), Mapping):
+        sections.append(("Evaluation", _evaluation(summary["evaluation"])))
+    if data.get("labels"):
+        sections.append(("Answers by label", _bars(data["labels"])))
+    sections.append(("Tokens and cost", _spend(summary)))
+    if data.get("errors"):
+        sections.append(("Errors by type", _errors(data["errors"])))
+    return _page("Run report", meta, sections)
+
+
+def _status_bar(summary: Mapping[str, Any]) -> str:
+    counts = [(name, _count(summary.get(name)), fill) for name, fill in _STATUSES]
+    total, width, x = sum(c for _, c, _ in counts), 1100.0, 0.0  # the width of a section
+    out = [] if total else [_rect(0, 0, width, 30, "#eef1f5")]
+    for name, count, fill in counts:
+        w = width * count / (total or 1)
+        if w:
+            out.append(_rect(x, 0, w, 30, fill, f"{name}: {count:,}"))
+        if w > 60:
+            out.append(
+                _text(x + w / 2, 20, f"{count / total:.0%}", fill="#fff", text_anchor="middle")
+            )
+        x += w
+    legend = "".join(
+        f'<span style="margin-right:16px"><span class="dot" style="background:{fill}"></span>'
+        f"{name} <b>{count:,}</b></span>"
+        for name, count, fill in counts
+    )
+    return (
+        _svg(width, 30, out, 13)
+        + f'<p class="note">{legend} of <b>{_int(summary.get("rows"))}</b> rows</p>'
+    )
+
+
+def _evaluation(evaluation: Mapping[str, Any]) -> str:
+    """The headline; then per label precision, recall, F1 and the heat map, or per field."""
+    kind = evaluation.get("kind")
+    headline = [
+        ("exact match" if kind == "json" else "accuracy", _pct(evaluation.get("accuracy"))),
+        (
+            "correct of scored",
+            f"{_int(evaluation.get('correct'))} / {_int(evaluation.get('scored'))}",
+        ),
+        ("invalid (scored wrong)", _int(evaluation.get("invalid"))),
+        ("failed (scored wrong)", _int(evaluation.get("failed"))),
+    ]
+    if kind == "label":
+        headline.insert(1, ("macro-F1", _fixed(evaluation.get("macro_f1"), 3)))
+    out = _cards(headline)
+    unscored = evaluation.get("unscored") or {}
+    passed = [
+        f"{_e(k.replace('_', ' '))} {_int(v)}" for k, v in unscored.items() if _number(v) and v
+    ]
+    if passed:
+        out += f'<p class="note">Not scored: {", ".join(passed)}.</p>'
+    if labels := evaluation.get("labels") or {}:
+        heads = ("Precision", "Recall", "F1", "Support", "Answered")
+        head = "<tr><th>Label</th>" + "".join(f'<th class="n">{h}</th>' for h in heads)
+        rows = [
+            f"<td>{_cut(name)}</td>"
+            + "".join(
+                f'<td class="n">{_fixed(s.get(k), 3)}</td>' for k in ("precision", "recall", "f1")
+            )
+            + "".join(f'<td class="n">{_int(s.get(k))}</td>' for k in ("support", "predicted"))
+            for name, s in labels.items()
+        ]
+        figure = ""
+        confusion = evaluation.get("confusion")
+        if isinstance(confusion, Mapping) and confusion.get("gold"):
+            caption = "Rows: the gold label; columns: the answer."
+            figure = f"<figure>{_heatmap(confusion)}<figcaption>{caption}</figcaption></figure>"
+        out += f'<div class="figs" style="margin-top:14px">{_table(head, rows)}{figure}</div>'
+    if fields := evaluation.get("fields") or {}:
+        head = "<tr><th>Field</th>" + "".join(
+            f'<th class="n">{h}</th>' for h in ("Accuracy", "Correct", "Scored")
+        )
+        rows = [
+            f'<td>{_cut(name)}</td><td class="n">{_pct(f.get("accuracy"))}</td>'
+            f'<td class="n">{_int(f.get("correct"))}</td><td class="n">{_int(f.get("scored"))}</td>'
+            for name, f in fields.items()
+        ]
+        out += f'<div style="margin-top:14px">{_table(head, rows)}</div>'
+    return out
+
+
+def _count(value: Any) -> int:
+    return int(value) if _number(value) else 0
+
+
+def _counted(counts: Mapping[str, Any]) -> list[tuple[str, int]]:
+    """The counts as (name, count), largest first (ties in the order given)."""
+    pairs = [(_show(k), int(v)) for k, v in counts.items() if _number(v)]
+    return sorted(pairs, key=lambda kv: -kv[1])
+
+
+def _bars(labels: Mapping[str, Any]) -> str:
+    """Horizontal bars, largest first: a label, its bar, its count and share."""
+    counts = _counted(labels)
+    total, most = sum(c for _, c in counts) or 1, max((c for _, c in counts), default=0) or 1
+    bar, left, step = 520, 170, 22
+    out = []
+    for i, (name, count) in enumerate(counts):
+        y, w = 2 + step * i, bar * count / most
+        out.append(_text(left - 8, y + 14, name, end=True))
+        out.append(_rect(left, y + 3, max(w, 1), step - 7, "#4e79a7", rx=2))
+        out.append(_text(left + w + 6, y + 14, f"{count:,} · {count / total:.1%}", fill=MUTED))
+    return _svg(left + bar + 120, step * len(counts) + 4, out, 12.5)
+
+
+def _spend(summary: Mapping[str, Any]) -> str:
+    rows, seconds = summary.get("rows"), summary.get("seconds")
+    rate = rows / seconds if _number(rows) and _number(seconds) and seconds else None
+    return _cards(
+        [
+            ("requests sent", _int(summary.get("requests_sent"))),
+            ("retries", _int(summary.get("retries"))),
+            ("prompt tokens", _int(summary.get("prompt_tokens"))),
+            ("completion tokens", _int(summary.get("completion_tokens"))),
+            ("cost", _usd(summary.get("cost_usd"))),
+            ("time", _fixed(seconds, 1, " s")),
+            ("rows per second", _fixed(rate, 1)),
+        ]
+    )
+
+
+def _errors(errors: Mapping[str, Any]) -> str:
+    counts = _counted(errors)
+    total, most = sum(c for _, c in counts) or 1, max((c for _, c in counts), default=0) or 1
+    head = '<tr><th>Error</th><th class="n">Rows</th><th class="n">Share</th><th></th>'
+    rows = [
+        f'<td>{_cut(name, 80)}</td><td class="n">{count:,}</td><td class="n">{count / total:.1%}'
+        f'</td><td><span class="bar" style="width:{160 * count / most:.0f}px"></span></td>'
+        for name, count in counts
+    ]
+    return _table(head, rows)
+
+
+def write_report(path: Path, html: str) -> None:
+    """Write the page whole or not at all: a temporary file beside it, then a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(html, encoding="utf-8")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
