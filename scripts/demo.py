@@ -27,7 +27,7 @@ def show_output(path: Path) -> None:
     """Print the first rows of the demo output."""
     frame = pl.read_parquet(path)
     columns = [c for c in SHOW_COLUMNS if c in frame.columns]
-    with pl.Config(tbl_rows=SHOW_ROWS, fmt_str_lengths=60):
+    with pl.Config(tbl_rows=SHOW_ROWS, fmt_str_lengths=44, tbl_width_chars=110):
         print(frame.select(columns).head(SHOW_ROWS))
     print(f"{frame.height} rows written to {path}")
 
