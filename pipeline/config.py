@@ -22,9 +22,30 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+OXEN_PREFIX = "oxen://"
+LOCAL_OXEN = ".pipeline-oxen"  # beside the config: fetched inputs, outputs before their commit
+
+
+def _oxen_local(data: Any, side: str) -> Any:
+    """An `oxen://NS:REPO@REV/PATH` path: kept as `repo`, and `path` becomes the local file
+    that stands for it (under LOCAL_OXEN beside the config: the input's cache, or the output
+    written there before its commit)."""
+    if isinstance(data, dict) and str(data.get("path", "")).startswith(OXEN_PREFIX):
+        address = str(data["path"])
+        where = address[len(OXEN_PREFIX) :].replace(":", "/").replace("@", "/")
+        data = {**data, "repo": address, "path": f"{LOCAL_OXEN}/{side}/{where}"}
+    return data
+
+
 class InputConfig(_Strict):
     path: Path = Field(
-        description="the table to read: .csv, .tsv, .parquet, .pq, .ndjson or .jsonl, by extension",
+        description="the table to read: .csv, .tsv, .parquet, .pq, .ndjson or .jsonl, by "
+        "extension; or oxen://NAMESPACE:REPO@REVISION/PATH, a file of an Oxen repository at a "
+        "branch or commit (see the oxen section)",
+    )
+    repo: str | None = Field(
+        default=None,
+        description="set from an oxen:// input.path: the repository address read from",
     )
     encoding: str = Field(
         default="utf8",
@@ -41,6 +62,11 @@ class InputConfig(_Strict):
         description="CSV rows with more fields than the header: error (naming the line) or "
         "truncate (drop the extra fields); rows with fewer fields get nulls",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _oxen(cls, data: Any) -> Any:
+        return _oxen_local(data, "in")
 
     @field_validator("encoding")
     @classmethod
@@ -145,7 +171,18 @@ class ModelConfig(_Strict):
 
 class OutputConfig(_Strict):
     path: Path = Field(
-        description="the output table, its format chosen by extension as for input.path",
+        description="the output table, its format chosen by extension as for input.path; or "
+        "oxen://NAMESPACE:REPO@BRANCH/PATH: written, then committed to that branch (created "
+        "from the default branch when missing) with its provenance",
+    )
+    repo: str | None = Field(
+        default=None,
+        description="set from an oxen:// output.path: the repository address committed to",
+    )
+    commit_message: str | None = Field(
+        default=None,
+        description="the first line of the output's commit message (oxen:// outputs); the "
+        "provenance follows it",
     )
     column: str = Field(
         default="answer",
@@ -183,6 +220,11 @@ class OutputConfig(_Strict):
         description="an input column holding the right answers: the run scores its answers "
         "against it (accuracy, per-label or per-field scores) in the summary's evaluation",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _oxen(cls, data: Any) -> Any:
+        return _oxen_local(data, "out")
 
     @model_validator(mode="after")
     def _parse_needs(self) -> OutputConfig:
@@ -316,6 +358,16 @@ class RunConfig(_Strict):
     )
 
 
+class OxenConfig(_Strict):
+    host: str = Field(default="hub.oxen.ai", description="the Oxen hub (or oxen-server) host")
+    scheme: Literal["https", "http"] = Field(default="https", description="https or http")
+    api_key_env: str | None = Field(
+        default=None,
+        description="the environment variable holding the hub's key; unset: model.api_key_env "
+        "(Oxen's inference and repositories take the same key)",
+    )
+
+
 class Config(_Strict):
     input: InputConfig = Field(description="where the rows come from")
     prompt: PromptConfig = Field(description="how a row becomes a chat request")
@@ -327,6 +379,10 @@ class Config(_Strict):
     run: RunConfig = Field(
         default_factory=RunConfig,
         description="concurrency, pacing, retries, limits and the store",
+    )
+    oxen: OxenConfig = Field(
+        default_factory=OxenConfig,
+        description="where oxen:// paths live: the hub and its key",
     )
 
     @property

@@ -70,6 +70,10 @@ class OpenedInput:
 
 def open_input(config: Config, limit: int | None = None) -> OpenedInput:
     """Read the input's schema and check the template and output columns against it."""
+    if config.input.repo is not None and not config.input.path.is_file():
+        from .repos import fetch_input  # oxen:// inputs only
+
+        config = fetch_input(config)[0]
     source = Source(config.input.path, limit, config.input)
     renderer = Renderer(
         config.prompt, config.model, source.columns, config.output, config.input.path.parent
@@ -120,6 +124,10 @@ async def run(
     sink: Sink | None = None
     batch = config.run.mode == "batch" and not offline
     try:
+        if config.input.repo is not None:
+            from .repos import fetch_input  # oxen:// inputs only
+
+            config, summary.input_commit = await asyncio.to_thread(fetch_input, config)
         opened = open_input(config, limit)
         check_output(output)
         total = opened.source.count()
@@ -150,6 +158,12 @@ async def run(
         sink = None
         if outcome is not None:
             _count_batches(summary, outcome)
+        if config.output.repo is not None and limit is None and not summary.stopped:
+            from .repos import commit_output  # oxen:// outputs only
+
+            summary.commit = await asyncio.to_thread(
+                commit_output, config, summary, output, summary.input_commit
+            )
     except PipelineError as exc:
         summary.fail(exc)
     except (asyncio.CancelledError, KeyboardInterrupt):

@@ -51,6 +51,8 @@ class Summary:
     mode: str = "online"
     batch_submitted: int = 0  # requests this run submitted in batches
     batches: list[dict[str, Any]] = field(default_factory=list)  # id, state, counts
+    input_commit: str | None = None  # an oxen:// input: the commit it was read at
+    commit: str | None = None  # an oxen:// output: the commit made (None: none, or unchanged)
     evaluation: dict[str, Any] | None = None  # the scores against output.gold
     evaluation_table: str | None = None  # the same for the terminal (not in the JSON)
 
