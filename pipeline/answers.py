@@ -11,6 +11,7 @@ from typing import Any
 
 import polars as pl
 
+from .config import Config
 from .parse import Parser
 from .records import INVALID, OK, Result
 
@@ -23,9 +24,20 @@ META_COLUMNS: dict[str, pl.DataType] = {
 }
 
 
-def output_columns(parser: Parser, include_meta: bool) -> list[str]:
-    """The names a run adds to the input's columns."""
-    return [*parser.columns, *(META_COLUMNS if include_meta else ())]
+def traced(config: Config) -> bool:
+    """Whether each output row carries its store key and model: an output committed to a
+    repository, with the meta columns."""
+    return config.output.include_meta and config.output.repo is not None
+
+
+TRACE_COLUMNS: dict[str, pl.DataType] = {"_key": pl.String(), "_model": pl.String()}
+
+
+def output_columns(parser: Parser, include_meta: bool, trace: bool = False) -> list[str]:
+    """The names a run adds to the input's columns (`trace`: each row's store key and model,
+    for an output committed to a repository)."""
+    meta = [*META_COLUMNS, *(TRACE_COLUMNS if trace else ())] if include_meta else []
+    return [*parser.columns, *meta]
 
 
 def answer_columns(
@@ -35,9 +47,11 @@ def answer_columns(
     *,
     include_meta: bool,
     statuses: list[str] | None = None,
+    model: str | None = None,
 ) -> tuple[pl.DataFrame, dict[str, int]]:
     """`frame` with the answer column(s) (and meta columns) added, and its rows by status;
-    `statuses`, when given, gets each row's status."""
+    `statuses`, when given, gets each row's status; `model`, with the meta columns: each row
+    also carries its store key and that model name (`_key`, `_model`)."""
     values: list[list[Any]] = [[] for _ in parser.columns]
     meta: dict[str, list[Any]] = {name: [] for name in META_COLUMNS}
     empty = (None,) * len(parser.columns)
@@ -66,4 +80,8 @@ def answer_columns(
     ]
     if include_meta:
         columns += [pl.Series(n, meta[n], dtype=dtype) for n, dtype in META_COLUMNS.items()]
+        if model is not None:
+            keys = [r.key or None for r in results]
+            columns.append(pl.Series("_key", keys, dtype=pl.String()))
+            columns.append(pl.Series("_model", [model if k else None for k in keys], pl.String()))
     return frame.with_columns(columns), counts

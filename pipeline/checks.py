@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .answers import META_COLUMNS, output_columns
+from .answers import output_columns, traced
 from .config import Config
 from .errors import ConfigError, InputError, OutputError
 from .parse import Parser
@@ -35,13 +35,15 @@ def api_key(config: Config) -> str | None:
 def check_new_columns(config: Config, columns: list[str]) -> None:
     """The answer (and meta) columns must be distinct and not overwrite an input column."""
     key = "output.schema" if config.output.parse == "json" else "output.column"
-    new = output_columns(Parser(config.output), config.output.include_meta)
+    parser = Parser(config.output)
+    new = output_columns(parser, config.output.include_meta, traced(config))
     if config.output.include_meta:
-        taken = [name for name in new[: -len(META_COLUMNS)] if name in META_COLUMNS]
+        meta = new[len(parser.columns) :]
+        taken = [name for name in parser.columns if name in meta]
         if taken:
             raise ConfigError(
                 f"answer column '{taken[0]}' is also a meta column of output.include_meta "
-                f"({', '.join(META_COLUMNS)}); rename it in {key}"
+                f"({', '.join(meta)}); rename it in {key}"
             )
     clash = [name for name in new if name in columns]
     if clash:

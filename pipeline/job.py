@@ -18,7 +18,7 @@ from typing import Any
 import jinja2
 import polars as pl
 
-from .answers import answer_columns
+from .answers import answer_columns, traced
 from .config import Config
 from .dispatch import Dispatcher
 from .errors import OutputError, RowError
@@ -183,6 +183,7 @@ class Job:
             self.parser,
             include_meta=self.config.output.include_meta,
             statuses=statuses,
+            model=self.config.model.name if traced(self.config) else None,
         )
         if self.config.output.gold is not None:
             self._evaluate(answered, statuses)

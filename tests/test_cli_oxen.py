@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -113,3 +114,27 @@ def test_a_commit_that_fails_keeps_the_answers_and_a_rerun_commits_once(tmp_path
     assert rerun.code == 0, rerun.stderr
     assert len(after) == len(before) + 1  # exactly one commit, made by the rerun
     assert sent == 2  # the answers of the failed run were kept in the store
+
+
+def test_with_meta_columns_each_committed_row_names_its_request_and_model(tmp_path: Path) -> None:
+    with FakeOxen(require_key=HUB_KEY) as hub, FakeServer(answer=label) as model:
+        hub.add_repo("acme", "tickets", {"data/tickets.csv": table(["a", "b"])})
+        config = write_config(
+            tmp_path,
+            model.base_url,
+            input={"path": SOURCE},
+            output={"path": TARGET, "include_meta": True},
+            run={"store": "store.db"},
+            oxen={"host": hub.host, "scheme": "http"},
+        )
+        ran = run_cli("run", str(config), env=ENV)
+        head = hub.head("acme", "tickets", "labels")
+    assert ran.code == 0, ran.stderr
+    written = pl.read_csv(io.BytesIO(head.files["data/labeled.csv"]))
+    assert written["_model"].to_list() == ["fake-model", "fake-model"]
+    keys = written["_key"].to_list()
+    assert all(key.startswith("r1:") for key in keys) and len(set(keys)) == 2
+    # The key is the store's: the row's request and answer are found by it.
+    with sqlite3.connect(tmp_path / "store.db") as db:
+        stored = dict(db.execute("SELECT key, answer FROM responses").fetchall())
+    assert [stored[key] for key in keys] == ["label-a", "label-b"]
