@@ -12,7 +12,7 @@ from types import ModuleType
 
 import pytest
 
-from pipeline.answers import META_COLUMNS
+from pipeline.answers import META_COLUMNS, TRACE_COLUMNS
 from pipeline.cli import EPILOG, build_parser
 from pipeline.config import Config
 
@@ -174,7 +174,7 @@ def test_the_meta_columns_named_are_the_real_ones() -> None:
     assert f"include_meta: true # also write {names}" in read("configs/demo.yaml")
     for text in (read("README.md"), read("docs/guide.md")):
         for name in re.findall(r"`(_[a-z_]+)`", text):
-            assert name in META_COLUMNS, name
+            assert name in META_COLUMNS or name in TRACE_COLUMNS, name
 
 
 def test_every_module_is_in_the_design_notes() -> None:
