@@ -1,6 +1,6 @@
 # make run   set up, start the local model server, run configs/demo.yaml, show rows, stop the server
-# make test  set up (local model server included, headless Chromium for the report tests)
-#            and run the test suite
+# make test  set up (local model server included, headless Chromium for the report tests,
+#            the oxen extra for the local Oxen repository tests) and run the test suite
 # make bench set up and run the performance benchmark (not part of make test);
 #            BENCH_ARGS='--quick' or '--repeat 3' are passed on to scripts/bench.py
 # make check format check, lint, types and tests
@@ -23,6 +23,11 @@ $(VENV)/.setup-done: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	@# The `oxen` extra (oxenai, for output.commit) pins polars below 2; the tests run on the
+	@# polars a plain install gets, with oxenai beside it (it imports with polars 2 too) and
+	@# only the packages `import oxen` needs.
+	$(PY) -m pip install -q --no-deps 'oxenai==0.65.1'
+	$(PY) -m pip install -q requests fsspec
 	touch $@
 
 # llama-cpp-python ships no binary wheel: the first install compiles llama.cpp from source

@@ -27,7 +27,8 @@ META_COLUMNS: dict[str, pl.DataType] = {
 def traced(config: Config) -> bool:
     """Whether each output row carries its store key and model: an output committed to a
     repository, with the meta columns."""
-    return config.output.include_meta and config.output.repo is not None
+    committed = config.output.repo is not None or config.output.commit
+    return config.output.include_meta and committed
 
 
 TRACE_COLUMNS: dict[str, pl.DataType] = {"_key": pl.String(), "_model": pl.String()}

@@ -96,6 +96,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     config = _config(args)
     plan = make_plan(config, show=0)  # opens the store: a damaged or read-only one is named
     check_output(config.output.path)
+    if config.output.commit:
+        from .repos import check_local  # a local Oxen repository: the oxen extra
+
+        check_local(config, config.output.path)
     if not config.store_path.exists():
         check_writable_folder(config.store_path.parent, "run.store")
     elif damage := check(config.store_path).problems:

@@ -169,6 +169,9 @@ class ModelConfig(_Strict):
         return self
 
 
+_BRANCH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/-]*")
+
+
 class OutputConfig(_Strict):
     path: Path = Field(
         description="the output table, its format chosen by extension as for input.path; or "
@@ -179,10 +182,22 @@ class OutputConfig(_Strict):
         default=None,
         description="set from an oxen:// output.path: the repository address committed to",
     )
+    commit: bool = Field(
+        default=False,
+        description="the output is a file inside a local Oxen repository: commit it there "
+        "after the run, with `<output>.provenance.json` beside it (needs the oxen extra: pip "
+        "install 'pipeline[oxen]'); no commit when the branch holds the same bytes",
+    )
+    branch: str | None = Field(
+        default=None,
+        description="with output.commit: the branch to commit to; unset: the repository's "
+        "current branch; created from the current branch when missing. The working folder is "
+        "switched back to the current branch afterwards, the output file left in it",
+    )
     commit_message: str | None = Field(
         default=None,
-        description="the first line of the output's commit message (oxen:// outputs); the "
-        "provenance follows it",
+        description="the first line of the output's commit message (oxen:// outputs and "
+        "output.commit); the provenance follows it",
     )
     column: str = Field(
         default="answer",
@@ -225,6 +240,32 @@ class OutputConfig(_Strict):
     @classmethod
     def _oxen(cls, data: Any) -> Any:
         return _oxen_local(data, "out")
+
+    @field_validator("branch")
+    @classmethod
+    def _branch_name(cls, value: str | None) -> str | None:
+        if value is not None and (
+            not _BRANCH.fullmatch(value) or ".." in value or "//" in value or value[-1] in "./"
+        ):
+            raise ValueError(
+                f"{value!r} is not a branch name: letters, digits and . _ - /, starting "
+                "with a letter, digit or _, without .. or // and not ending in . or /"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _commit_needs(self) -> OutputConfig:
+        if self.commit and self.repo is not None:
+            raise ValueError(
+                "output.commit is for a file inside a local Oxen repository; an oxen:// "
+                "output.path is committed to its hub's branch already: drop output.commit"
+            )
+        if self.branch is not None and not self.commit:
+            raise ValueError(
+                "output.branch needs output.commit: true (an oxen:// output.path names its "
+                "branch after the @)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _parse_needs(self) -> OutputConfig:

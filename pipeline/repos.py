@@ -10,6 +10,10 @@ provenance (in the commit message and in `<output>.provenance.json` beside it) s
 answer was made: the config's hash, the model and its parameters, the prompt's hash, the input
 commit, the row counts and the cost. The hub's key is read from `oxen.api_key_env` (default:
 `model.api_key_env`) and never written anywhere.
+
+With `output.commit`, the output is a file of a local Oxen repository (through Oxen's Python
+package, the optional extra, in oxenlocal.py) and is committed the same way, on
+`output.branch` or the current branch; the working folder stays on its current branch.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 
 from .config import Config
 from .oxen import OxenAddress, OxenHub
+from .oxenlocal import LocalRepo, check_user, find_root, root_of, write_file
 from .summary import Summary
 
 log = logging.getLogger(__name__)
@@ -47,8 +52,11 @@ def fetch_input(config: Config) -> tuple[Config, str]:
     return config.model_copy(update={"input": local}), commit
 
 
-def provenance(config: Config, summary: Summary, input_commit: str | None) -> dict[str, Any]:
-    """How the output's answers were made, for the commit and the file beside the output."""
+def provenance(
+    config: Config, summary: Summary, input_commit: str | None, address: str | None = None
+) -> dict[str, Any]:
+    """How the output's answers were made, for the commit and the file beside the output;
+    `address` names the input (default: its oxen:// address, else its path)."""
     prompt = json.dumps(
         {"system": config.prompt.system, "template": config.prompt.template}, sort_keys=True
     )
@@ -60,7 +68,10 @@ def provenance(config: Config, summary: Summary, input_commit: str | None) -> di
         "base_url": config.model.base_url,
         "params": dict(config.model.params),
         "prompt_sha256": hashlib.sha256(prompt.encode()).hexdigest(),
-        "input": {"address": config.input.repo, "commit": input_commit},
+        "input": {
+            "address": address or config.input.repo or str(config.input.path),
+            "commit": input_commit,
+        },
         "rows": {
             "total": summary.rows,
             "answered": summary.answered,
@@ -88,14 +99,89 @@ def commit_output(
         if client.file_at(address) == output.read_bytes():
             log.info("%s already holds this output: no commit", address)
             return None
-        record = output.with_name(output.name + ".provenance.json")
-        record.write_text(json.dumps(facts, indent=2) + "\n", encoding="utf-8")
-        first = config.output.commit_message or f"pipeline: answers of {config.model.name}"
-        message = f"{first}\n\n{_describe(facts)}"
+        record = write_provenance(output, facts)
         files = {address.name: output, f"{address.name}.provenance.json": record}
-        commit: str = client.commit(address, files, message)
+        commit: str = client.commit(address, files, commit_message(config, facts))
     log.info("committed %s to %s as %s", output.name, address, commit)
     return commit
+
+
+InputStamp = tuple[int, int]  # a local input's size and modification time (ns)
+
+
+def check_local(config: Config, output: Path) -> InputStamp | None:
+    """Before anything is sent, for output.commit: the output's folder is in a local Oxen
+    repository and oxen has a user to commit as; the input's stamp, to tell after the run
+    whether it changed meanwhile. The repository is not opened yet: oxen would keep it
+    locked from every other process for the rest of the run."""
+    root_of(output)
+    check_user()
+    return _stamp(config.input.path)
+
+
+def input_commit_local(config: Config, before: InputStamp | None) -> str | None:
+    """The commit the local input was read at: the head of its repository's current branch,
+    when that holds the input file as it is and the file did not change during the run."""
+    path = config.input.path
+    root = find_root(path)
+    if root is None or before is None or _stamp(path) != before:
+        return None
+    repo = LocalRepo(root)
+    branch = repo.branch
+    if branch is None or not repo.committed(path):
+        log.info("the input %s differs from its repository's last commit", path)
+        return None
+    return repo.head(branch)
+
+
+def _stamp(path: Path) -> InputStamp | None:
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_size, found.st_mtime_ns
+
+
+def commit_local(
+    config: Config, summary: Summary, output: Path, input_commit: str | None
+) -> str | None:
+    """Commit the complete output (and its provenance) in the local Oxen repository holding
+    it, on output.branch or the current branch; the commit id, or None when that branch
+    already holds the same bytes."""
+    repo = LocalRepo.holding(output)
+    record = provenance_path(output)
+    data = output.read_bytes()
+    inside = config.input.path.resolve().is_relative_to(repo.root)
+    address = repo.relative(config.input.path) if inside else None
+    with repo.on_branch(config.output.branch, [output, record]) as branch:
+        if not output.is_file() or output.read_bytes() != data:
+            write_file(output, data)  # on another branch: its copy, if any, is replaced
+        if not repo.stage(output):
+            log.info("branch %s of %s already holds this output: no commit", branch, repo.root)
+            return None
+        facts = provenance(config, summary, input_commit, address)
+        repo.stage(write_provenance(output, facts))
+        commit = repo.commit(commit_message(config, facts))
+    log.info("committed %s to branch %s of %s as %s", output.name, branch, repo.root, commit)
+    return commit
+
+
+def provenance_path(output: Path) -> Path:
+    """`<output>.provenance.json`, beside the output."""
+    return output.with_name(output.name + ".provenance.json")
+
+
+def write_provenance(output: Path, facts: dict[str, Any]) -> Path:
+    """Write the provenance beside the output, whole or not at all; its path."""
+    record = provenance_path(output)
+    write_file(record, (json.dumps(facts, indent=2) + "\n").encode())
+    return record
+
+
+def commit_message(config: Config, facts: dict[str, Any]) -> str:
+    """output.commit_message (or a default) on the first line, then the provenance."""
+    first = config.output.commit_message or f"pipeline: answers of {config.model.name}"
+    return f"{first}\n\n{_describe(facts)}"
 
 
 def _describe(facts: dict[str, Any]) -> str:
@@ -105,7 +191,8 @@ def _describe(facts: dict[str, Any]) -> str:
         [
             f"model: {facts['model']} at {facts['base_url']}, params {json.dumps(facts['params'])}",
             f"prompt sha256: {facts['prompt_sha256']}; config hash: {facts['config_hash']}",
-            f"input: {source['address']} at commit {source['commit']}",
+            f"input: {source['address']}"
+            + (f" at commit {source['commit']}" if source["commit"] else " (not read at a commit)"),
             f"rows: {rows['total']} ({rows['answered']} answered, {rows['from_store']} from "
             f"the store, {rows['failed']} failed, {rows['invalid']} invalid, "
             f"{rows['pending']} pending)",

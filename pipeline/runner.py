@@ -130,6 +130,11 @@ async def run(
             config, summary.input_commit = await asyncio.to_thread(fetch_input, config)
         opened = open_input(config, limit)
         check_output(output)
+        stamp = None  # output.commit: the local input's size and time before the run
+        if config.output.commit and limit is None:
+            from .repos import check_local  # a local Oxen repository: the oxen extra
+
+            stamp = await asyncio.to_thread(check_local, config, output)
         total = opened.source.count()
         if total == 0:
             log.warning("the input %s has no rows: the output will have none", config.input.path)
@@ -158,11 +163,15 @@ async def run(
         sink = None
         if outcome is not None:
             _count_batches(summary, outcome)
-        if config.output.repo is not None and limit is None and not summary.stopped:
-            from .repos import commit_output  # oxen:// outputs only
+        if (config.output.repo or config.output.commit) and limit is None and not summary.stopped:
+            from .repos import commit_local, commit_output, input_commit_local
 
+            commit = commit_output
+            if config.output.commit:
+                commit = commit_local
+                summary.input_commit = await asyncio.to_thread(input_commit_local, config, stamp)
             summary.commit = await asyncio.to_thread(
-                commit_output, config, summary, output, summary.input_commit
+                commit, config, summary, output, summary.input_commit
             )
     except PipelineError as exc:
         summary.fail(exc)

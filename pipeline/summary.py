@@ -51,8 +51,8 @@ class Summary:
     mode: str = "online"
     batch_submitted: int = 0  # requests this run submitted in batches
     batches: list[dict[str, Any]] = field(default_factory=list)  # id, state, counts
-    input_commit: str | None = None  # an oxen:// input: the commit it was read at
-    commit: str | None = None  # an oxen:// output: the commit made (None: none, or unchanged)
+    input_commit: str | None = None  # an oxen:// input, or a committed file: its commit
+    commit: str | None = None  # oxen:// or output.commit: the commit made (None: none/unchanged)
     evaluation: dict[str, Any] | None = None  # the scores against output.gold
     evaluation_table: str | None = None  # the same for the terminal (not in the JSON)
 

@@ -533,3 +533,31 @@ def test_max_tokens_must_be_a_positive_whole_number(tmp_path: Path, value: str) 
     )
     with pytest.raises(ConfigError, match="max_tokens must be a positive whole number"):
         load(path)
+
+
+def test_output_commit_and_branch_are_read(tmp_path: Path) -> None:
+    text = BASE.replace(
+        "  path: out/answers.parquet\n",
+        "  path: out/answers.parquet\n  commit: true\n  branch: labels/nightly\n",
+    )
+    config = load_text(tmp_path, text)
+
+    assert config.output.commit and config.output.branch == "labels/nightly"
+    assert not load_text(tmp_path, BASE).output.commit
+
+
+@pytest.mark.parametrize(
+    ("lines", "why"),
+    [
+        ("  path: oxen://ox:r@main/a.csv\n  commit: true\n", "output.commit is for a file"),
+        ("  path: out/answers.parquet\n  branch: labels\n", "output.branch needs output.commit"),
+        ("  path: o.csv\n  commit: true\n  branch: a..b\n", "'a..b' is not a branch name"),
+        ("  path: o.csv\n  commit: true\n  branch: -x\n", "'-x' is not a branch name"),
+    ],
+)
+def test_output_commit_and_branch_are_checked(tmp_path: Path, lines: str, why: str) -> None:
+    message = config_error(tmp_path, BASE.replace("  path: out/answers.parquet\n", lines))
+
+    assert why in message
+    if "commit is for" in why:  # both keys named
+        assert "output.path" in message and "drop output.commit" in message
