@@ -1,6 +1,7 @@
 # make run   set up, start the local model server, run configs/demo.yaml, show rows, stop the server
 # make test  set up (local model server included, headless Chromium for the report tests,
-#            the oxen extra for the local Oxen repository tests) and run the test suite
+#            the oxen extra for the local Oxen repository tests, moto's local S3 from the
+#            dev extra for the s3:// tests) and run the test suite
 # make bench set up and run the performance benchmark (not part of make test);
 #            BENCH_ARGS='--quick' or '--repeat 3' are passed on to scripts/bench.py
 # make check format check, lint, types and tests

@@ -406,10 +406,12 @@ def _report_run(config: Config, offline: bool, args: argparse.Namespace) -> int:
     if args.limit is not None:
         print(
             f"--limit {args.limit}: wrote {summary.rows} rows to {output}; "
-            f"{config.output.path} is left as it was",
+            f"{config.output.url or config.output.path} is left as it was",
             file=sys.stderr,
         )
     print(f"wrote {output} and {summary_path(output)}", file=sys.stderr)
+    if summary.output_url:
+        print(f"uploaded {output.name} to {summary.output_url}", file=sys.stderr)
     if getattr(args, "report", None):
         _write_run_report(config, summary, Path(args.report), args.config)
     return code

@@ -96,6 +96,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     config = _config(args)
     plan = make_plan(config, show=0)  # opens the store: a damaged or read-only one is named
     check_output(config.output.path)
+    if config.output.url is not None:
+        from .objectstore import check_bucket  # s3:// outputs only
+
+        check_bucket(config)
     if config.output.commit:
         from .repos import check_local  # a local Oxen repository: the oxen extra
 
@@ -114,7 +118,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         )
     print(
         f"ok: {plan.rows} rows, {plan.unique_requests} unique requests, "
-        f"{plan.skipped} skipped; output {config.output.path}, store {config.store_path}"
+        f"{plan.skipped} skipped; output {config.output.url or config.output.path}, store "
+        f"{config.store_path}"
     )
     if plan.row_errors:
         print(

@@ -29,8 +29,7 @@ from .errors import ConfigError, LockError, PipelineError
 from .evaluate import agreement, cohen_kappa, percentile
 from .parse import Parser
 from .progress import Progress
-from .runner import model_price, open_input
-from .source import Source
+from .runner import model_price, open_input, open_source
 from .summary import Summary
 
 log = logging.getLogger(__name__)
@@ -84,7 +83,7 @@ def sample(
     config: Config, n: int, how: str, seed: int | None
 ) -> tuple[pl.DataFrame, list[int], int]:
     """The sample rows, their row numbers in the input (from 1), and the input's row count."""
-    source = Source(config.input.path, None, config.input)
+    source = open_source(config)[1]
     total = source.count()
     if how == "first":
         frames, taken = [], 0

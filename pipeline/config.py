@@ -37,15 +37,94 @@ def _oxen_local(data: Any, side: str) -> Any:
     return data
 
 
+S3_PREFIX = "s3://"
+LOCAL_S3 = ".pipeline-s3"  # beside the config: downloaded inputs, outputs before their upload
+
+
+def _s3_local(data: Any, side: str) -> Any:
+    """An `s3://BUCKET/KEY` path: kept as `url`, and `path` becomes the local file (or, for a
+    Parquet glob, the local glob) that stands for it under LOCAL_S3 beside the config: the
+    input's download cache, or the output written there before its upload."""
+    if isinstance(data, dict) and str(data.get("path", "")).startswith(S3_PREFIX):
+        from .objectstore import S3Url  # checks the URL's shape
+
+        url = S3Url.parse(str(data["path"]), side)
+        data = {**data, "url": str(url), "path": f"{LOCAL_S3}/{side}/{url.bucket}/{url.key}"}
+    return data
+
+
+class StorageOptions(_Strict):
+    """Where an s3:// path lives and which variables hold its credentials (never the
+    credentials themselves)."""
+
+    endpoint_url: str | None = Field(
+        default=None,
+        description="the S3 endpoint, e.g. http://127.0.0.1:9000 for MinIO (http:// is spoken "
+        "in plain HTTP); unset: AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, else AWS itself",
+    )
+    region: str | None = Field(
+        default=None,
+        description="the bucket's region; unset: AWS_REGION or AWS_DEFAULT_REGION, else asked "
+        "of AWS (us-east-1 with an endpoint_url)",
+    )
+    access_key_id_env: str = Field(
+        default="AWS_ACCESS_KEY_ID",
+        description="the NAME of the variable holding the access key id; when the default "
+        "variables are unset, the AWS SDK's own chain (profile, instance role) is used",
+    )
+    secret_access_key_env: str = Field(
+        default="AWS_SECRET_ACCESS_KEY",
+        description="the NAME of the variable holding the secret access key",
+    )
+    session_token_env: str = Field(
+        default="AWS_SESSION_TOKEN",
+        description="the NAME of the variable holding a session token (temporary credentials)",
+    )
+    anonymous: bool = Field(
+        default=False,
+        description="send no credentials at all (a public bucket)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secrets(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name in ("access_key_id", "secret_access_key", "session_token"):
+                if name in data:
+                    raise ValueError(
+                        f"{name} is a secret and is not written in the config: put it in an "
+                        f"environment variable and name that in {name}_env (default "
+                        f"AWS_{name.upper()})"
+                    )
+        return data
+
+
+def _storage_needs_url(url: str | None, options: StorageOptions, side: str) -> None:
+    if url is None and options != StorageOptions():
+        raise ValueError(f"{side}.storage_options applies to s3:// paths only")
+
+
 class InputConfig(_Strict):
     path: Path = Field(
         description="the table to read: .csv, .tsv, .parquet, .pq, .ndjson or .jsonl, by "
         "extension; or oxen://NAMESPACE:REPO@REVISION/PATH, a file of an Oxen repository at a "
-        "branch or commit (see the oxen section)",
+        "branch or commit (see the oxen section); or s3://BUCKET/KEY, an object downloaded "
+        "once per version, or s3://BUCKET/PREFIX/*.parquet, every matching object read as one "
+        "table in key order",
     )
     repo: str | None = Field(
         default=None,
         description="set from an oxen:// input.path: the repository address read from",
+    )
+    url: str | None = Field(
+        default=None,
+        description="set from an s3:// input.path: the object (or glob) read; input.path "
+        "becomes its local copy under .pipeline-s3/in/ beside the config",
+    )
+    storage_options: StorageOptions = Field(
+        default_factory=StorageOptions,
+        description="for an s3:// input.path: the endpoint, the region and the names of the "
+        "variables holding the credentials",
     )
     encoding: str = Field(
         default="utf8",
@@ -66,7 +145,12 @@ class InputConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _oxen(cls, data: Any) -> Any:
-        return _oxen_local(data, "in")
+        return _s3_local(_oxen_local(data, "in"), "in")
+
+    @model_validator(mode="after")
+    def _options_need_url(self) -> InputConfig:
+        _storage_needs_url(self.url, self.storage_options, "input")
+        return self
 
     @field_validator("encoding")
     @classmethod
@@ -176,11 +260,21 @@ class OutputConfig(_Strict):
     path: Path = Field(
         description="the output table, its format chosen by extension as for input.path; or "
         "oxen://NAMESPACE:REPO@BRANCH/PATH: written, then committed to that branch (created "
-        "from the default branch when missing) with its provenance",
+        "from the default branch when missing) with its provenance; or s3://BUCKET/KEY: "
+        "written, then uploaded once complete (the object is replaced whole or not at all)",
     )
     repo: str | None = Field(
         default=None,
         description="set from an oxen:// output.path: the repository address committed to",
+    )
+    url: str | None = Field(
+        default=None,
+        description="set from an s3:// output.path: the object written; output.path becomes "
+        "the local file under .pipeline-s3/out/ beside the config that is uploaded",
+    )
+    storage_options: StorageOptions = Field(
+        default_factory=StorageOptions,
+        description="for an s3:// output.path: as input.storage_options",
     )
     commit: bool = Field(
         default=False,
@@ -239,7 +333,7 @@ class OutputConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _oxen(cls, data: Any) -> Any:
-        return _oxen_local(data, "out")
+        return _s3_local(_oxen_local(data, "out"), "out")
 
     @field_validator("branch")
     @classmethod
@@ -255,6 +349,12 @@ class OutputConfig(_Strict):
 
     @model_validator(mode="after")
     def _commit_needs(self) -> OutputConfig:
+        _storage_needs_url(self.url, self.storage_options, "output")
+        if self.commit and self.url is not None:
+            raise ValueError(
+                "output.commit is for a file inside a local Oxen repository, not an s3:// "
+                "output.path: drop output.commit"
+            )
         if self.commit and self.repo is not None:
             raise ValueError(
                 "output.commit is for a file inside a local Oxen repository; an oxen:// "

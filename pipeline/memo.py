@@ -47,7 +47,9 @@ def fingerprint(config: Config) -> str | None:
         "model": config.model.model_dump(
             mode="json", include={"name", "params", "structured_output"}
         ),
-        "output": config.output.model_dump(mode="json", exclude={"path", "retry_invalid"}),
+        "output": config.output.model_dump(
+            mode="json", exclude={"path", "retry_invalid", "url", "storage_options"}
+        ),
     }
     text = json.dumps(settings, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()[:32]

@@ -68,13 +68,24 @@ class OpenedInput:
     renderer: Renderer
 
 
-def open_input(config: Config, limit: int | None = None) -> OpenedInput:
-    """Read the input's schema and check the template and output columns against it."""
+def open_source(config: Config, limit: int | None = None) -> tuple[Config, Source]:
+    """The input, fetched first when it is an oxen:// or s3:// path (once per version), and
+    the config reading it."""
     if config.input.repo is not None and not config.input.path.is_file():
         from .repos import fetch_input  # oxen:// inputs only
 
         config = fetch_input(config)[0]
-    source = Source(config.input.path, limit, config.input)
+    parts = None
+    if config.input.url is not None:
+        from .objectstore import fetch_input as fetch_object  # s3:// inputs only
+
+        parts = fetch_object(config)
+    return config, Source(config.input.path, limit, config.input, parts)
+
+
+def open_input(config: Config, limit: int | None = None) -> OpenedInput:
+    """Read the input's schema and check the template and output columns against it."""
+    config, source = open_source(config, limit)
     renderer = Renderer(
         config.prompt, config.model, source.columns, config.output, config.input.path.parent
     )
@@ -130,6 +141,10 @@ async def run(
             config, summary.input_commit = await asyncio.to_thread(fetch_input, config)
         opened = open_input(config, limit)
         check_output(output)
+        if config.output.url is not None and limit is None:
+            from .objectstore import check_bucket  # s3:// outputs only
+
+            await asyncio.to_thread(check_bucket, config)
         stamp = None  # output.commit: the local input's size and time before the run
         if config.output.commit and limit is None:
             from .repos import check_local  # a local Oxen repository: the oxen extra
@@ -173,6 +188,10 @@ async def run(
             summary.commit = await asyncio.to_thread(
                 commit, config, summary, output, summary.input_commit
             )
+        if config.output.url is not None and limit is None and not summary.stopped:
+            from .objectstore import upload_output  # s3:// outputs only
+
+            summary.output_url = await asyncio.to_thread(upload_output, config, output)
     except PipelineError as exc:
         summary.fail(exc)
     except (asyncio.CancelledError, KeyboardInterrupt):

@@ -1,6 +1,7 @@
 """Source stage: the input file -> polars DataFrames of at most `chunk_rows` rows, in order.
 
-CSV, Parquet and NDJSON, chosen by extension. The schema is read once from a lazy scan,
+CSV, Parquet and NDJSON, chosen by extension; several Parquet files (an s3:// glob's parts)
+are read as one table, in the order given. The schema is read once from a lazy scan,
 so every chunk has the same column types. A CSV file that polars cannot read is scanned
 again, only then, for the first line at fault, which the error names with the config key
 that gets past it (`input.encoding`, `input.ragged`, `input.separator`).
@@ -11,7 +12,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -44,16 +45,29 @@ def table_format(path: Path) -> str:
 
 
 class Source:
-    """A lazily read input table; `options` carries the CSV settings of `input`."""
+    """A lazily read input table; `options` carries the CSV settings of `input`; `parts`,
+    when given, are the files that hold it (`path` then only names its format), read as one
+    table in that order."""
 
     def __init__(
-        self, path: Path, limit: int | None = None, options: InputConfig | None = None
+        self,
+        path: Path,
+        limit: int | None = None,
+        options: InputConfig | None = None,
+        parts: Sequence[Path] | None = None,
     ) -> None:
-        self.path = path
         options = options or InputConfig(path=path)
-        if not path.is_file():
-            raise InputError(f"input file {path} does not exist")
+        files = list(parts) if parts is not None else [path]
+        self.name = options.url or str(path)  # what errors call the input
+        if not files:
+            raise InputError(f"{self.name}: no input files")
+        for file in files:
+            if not file.is_file():
+                raise InputError(f"input file {file} does not exist")
         fmt = table_format(path)
+        if len(files) != 1 and fmt != "parquet":
+            raise InputError(f"{self.name}: only Parquet inputs may be read from several files")
+        path = self.path = files[0]
         self._data: Path | io.BytesIO = path  # what polars reads: the file, or it as UTF-8
         self._separator = options.separator or ("\t" if path.suffix.lower() == ".tsv" else ",")
         if fmt != "csv":
@@ -72,7 +86,7 @@ class Source:
                     truncate_ragged_lines=options.ragged == "truncate",
                 )
             elif fmt == "parquet":
-                scan = pl.scan_parquet(path)
+                scan = pl.scan_parquet(files if len(files) > 1 else path)
             else:
                 scan = pl.scan_ndjson(path, infer_schema_length=10_000)
             if limit is not None:
@@ -114,7 +128,7 @@ class Source:
         except UnicodeDecodeError as exc:
             line = data.count(b"\n", 0, exc.start) + 1
             raise InputError(
-                f"cannot read input {self.path}: line {line} is not valid {encoding} "
+                f"cannot read input {self.name}: line {line} is not valid {encoding} "
                 f"(byte 0x{data[exc.start]:02X}); set input.encoding to the file's encoding"
             ) from None
 
@@ -127,7 +141,7 @@ class Source:
                 found = self._bad_utf8()
             elif "more fields" in text:
                 found = self._ragged()
-        return InputError(f"cannot read input {self.path}: {found or _first_line(exc)}")
+        return InputError(f"cannot read input {self.name}: {found or _first_line(exc)}")
 
     def _open(self) -> IO[bytes]:
         if isinstance(self._data, io.BytesIO):

@@ -53,6 +53,7 @@ class Summary:
     batches: list[dict[str, Any]] = field(default_factory=list)  # id, state, counts
     input_commit: str | None = None  # an oxen:// input, or a committed file: its commit
     commit: str | None = None  # oxen:// or output.commit: the commit made (None: none/unchanged)
+    output_url: str | None = None  # an s3:// output: the URL written (None: not uploaded)
     evaluation: dict[str, Any] | None = None  # the scores against output.gold
     evaluation_table: str | None = None  # the same for the terminal (not in the JSON)
 
