@@ -59,8 +59,8 @@ EPILOG = """exit codes:
   0    every row answered (or skipped), or failures within run.fail_threshold
   1    some rows failed or gave invalid answers (rerun, or re-ask with output.retry_invalid)
   2    config, input, output or store problem, found before anything was sent
-  3    stopped early (key or model rejected, budget reached, endpoint down, a batch that
-       expired or failed); answers are kept
+  3    stopped early (key or model rejected, budget reached, endpoint down, only 429s for
+       10 minutes, a batch that expired or failed); answers are kept
   4    another run is using the same store
   5    stopped part-way by an input, output or store error after sending; answers are kept
   6    internal error (a bug): one line here, the traceback in the file it names

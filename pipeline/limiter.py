@@ -55,6 +55,7 @@ BOOKED_NOTE_S = 1.0  # a budget booked this far ahead is what the run waits for:
 WHOLE_WINDOW = 0.9  # a Retry-After this share of a fixed window or more names no reset
 RESET_GUARD_S = 0.1  # resume this long after a fixed window's estimated reset
 LOGGED_PAUSE_S = 2.0  # a spent budget's pause this long or longer is logged, begin and end
+REFUSED_STOP_S = 600.0  # only 429s for this long (no answer at all): a spent quota, stop
 
 
 class _Bucket:
@@ -164,6 +165,7 @@ class Limiter:
         self._learning = requests_per_minute is None
         self._accepted = _Accepted()  # answers while learning
         self._window = _Window()
+        self._answered_at = clock()  # the last answer (or the start): `refused_for`
         self._first_sent: float | None = None
         self._sent = 0  # requests and estimated tokens sent, to charge a budget learned late
         self._sent_tokens = 0
@@ -215,9 +217,14 @@ class Limiter:
             return f"{name} budget, sends booked {math.ceil(ahead)}s ahead"
         return None
 
+    def refused_for(self) -> float:
+        """Seconds since the server last answered anything but 429 (or since the start)."""
+        return self._clock() - self._answered_at
+
     def settle(self, estimated: int, actual: int) -> None:
         """An answer arrived: correct the token budget with its real usage."""
         self._pause_s = DEFAULT_PAUSE_S
+        self._answered_at = self._clock()
         if self._learning:
             self._accepted.add(self._clock())
         if self._tokens is not None and actual > 0:

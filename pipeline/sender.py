@@ -20,7 +20,7 @@ from .catalog import Price
 from .client import ChatClient, Completion
 from .config import Config
 from .errors import AuthError, FatalRequestError, RateLimited, RequestError, RetryableError
-from .limiter import Limiter
+from .limiter import REFUSED_STOP_S, Limiter
 from .ratelimit import rate_headers
 from .records import FAILED, OK, PENDING, Request, Result
 
@@ -189,6 +189,12 @@ class Sender:
             completion = await self._client.complete(request.payload)
         except RateLimited as exc:
             self._limiter.rate_limited_by_server(exc.retry_after, sent_at=sent_at, rate=exc.rate)
+            refused = self._limiter.refused_for()
+            if refused >= REFUSED_STOP_S:
+                self.stop(
+                    f"the server has answered only 429 (rate limited) for {refused / 60:.0f} "
+                    "minutes: a quota may be spent; the answers so far are kept, rerun later"
+                )
             raise
         if self.latencies is not None:
             self.latencies.append(time.monotonic() - began)

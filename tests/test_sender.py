@@ -12,7 +12,7 @@ import httpx
 from pipeline.breaker import SAME_4XX_AFTER, TRIP_AFTER
 from pipeline.client import ChatClient
 from pipeline.config import Config, InputConfig, ModelConfig, OutputConfig, PromptConfig, RunConfig
-from pipeline.limiter import Limiter
+from pipeline.limiter import REFUSED_STOP_S, Limiter
 from pipeline.records import FAILED, OK, PENDING, Request, Result
 from pipeline.sender import Sender
 
@@ -202,6 +202,34 @@ def test_429s_never_trip_the_breaker() -> None:
     assert sender.stop_reason is None and sender.breaker.probes == 0
     assert set(run.statuses()) == {OK}
     assert sent[0] == 3 * TRIP_AFTER + 8
+
+
+def test_only_429s_for_ten_minutes_stop_the_run_with_the_rows_pending() -> None:
+    # A spent daily quota: every request gets a 429, whatever the pauses.
+    run = Run(lambda request: error(429, "quota exceeded"), rows=8, max_retries=5)
+    started = run.fake.now
+    sender = run()
+    assert (sender.stop_reason or "").startswith("the server has answered only 429")
+    # Rows whose 429 allowance ran out first failed (rerun later); the rest were never sent.
+    assert PENDING in run.statuses() and set(run.statuses()) <= {PENDING, FAILED}
+    assert REFUSED_STOP_S <= run.fake.now - started < REFUSED_STOP_S + 60
+
+
+def test_an_answer_now_and_then_keeps_a_rate_limited_run_going() -> None:
+    sent = [0]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent[0] += 1
+        if sent[0] % 5:  # mostly 429s, for longer than REFUSED_STOP_S in all
+            return httpx.Response(429, headers={"Retry-After": "30"}, json={"error": "slow"})
+        return answer(request)
+
+    run = Run(handler, rows=12, max_retries=5)
+    started = run.fake.now
+    sender = run()
+    assert sender.stop_reason is None
+    assert set(run.statuses()) == {OK}
+    assert run.fake.now - started > REFUSED_STOP_S
 
 
 def test_a_stop_wakes_the_workers_waiting_for_the_endpoint() -> None:
