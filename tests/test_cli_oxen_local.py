@@ -68,7 +68,9 @@ def config_for(
             "include_meta": False,
             **output,
         },
-        run={"store": str(store or tmp_path / "store.db")},
+        # A generous timeout: one test's model answer waits for an oxen child process, which
+        # takes seconds on a busy machine; a timeout there would send the row again.
+        run={"store": str(store or tmp_path / "store.db"), "timeout_s": 120},
     )
 
 
@@ -100,6 +102,7 @@ def test_a_run_commits_its_output_to_the_current_branch_once(tmp_path: Path) -> 
     with FakeServer(answer=look_then_label) as model:
         config = config_for(tmp_path, repo, model)
         first = run_cli("run", str(config), env=ENV)
+        sent_first = model.count
         after_first = repo.inspect(("main", OUTPUT), ("main", RECORD))
         again = run_cli("run", str(config), env=ENV)
         sent_after_rerun = model.count
@@ -124,7 +127,7 @@ def test_a_run_commits_its_output_to_the_current_branch_once(tmp_path: Path) -> 
     assert facts["rows"]["answered"] == 3 and facts["model"] == "fake-model"
     # A rerun: nothing sent, the branch holds the same bytes, no commit.
     assert again.code == 0 and again.summary["commit"] is None, again.stderr
-    assert sent_after_rerun == 3 and after_again["heads"] == after_first["heads"]
+    assert sent_after_rerun == sent_first == 3 and after_again["heads"] == after_first["heads"]
     # The input grows by a committed row: only it is sent, exactly one new commit.
     assert grown.code == 0, grown.stderr
     assert sent_total == 4 and grown.summary["commit"] == final["heads"]["main"]
@@ -144,6 +147,7 @@ def test_output_branch_is_made_from_the_current_one_which_the_folder_stays_on(
     with FakeServer(answer=label) as model:
         config = config_for(tmp_path, repo, model, store, branch="labels")
         first = run_cli("run", str(config), env=ENV)
+        sent_first = model.count
         after_first = repo.inspect(("labels", OUTPUT))
         on_disk = (repo.root / OUTPUT).read_text()
         again = run_cli("run", str(config), env=ENV)
@@ -163,7 +167,7 @@ def test_output_branch_is_made_from_the_current_one_which_the_folder_stays_on(
     assert answers(after_first["files"][f"labels:{OUTPUT}"]) == ["label-a", "label-b", "label-c"]
     assert on_disk == after_first["files"][f"labels:{OUTPUT}"]  # left in the working folder
     assert again.code == 0 and again.summary["commit"] is None, again.stderr
-    assert sent_after_rerun == 3 and after_again["heads"] == after_first["heads"]
+    assert sent_after_rerun == sent_first == 3 and after_again["heads"] == after_first["heads"]
     # The input grows on main: one new commit on labels, main's history untouched.
     assert grown.code == 0, grown.stderr
     assert sent_total == 4 and final["heads"]["main"] == grew
