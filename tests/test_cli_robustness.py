@@ -268,7 +268,7 @@ def test_a_run_stopped_at_the_model_check_leaves_a_summary_and_a_run_log_line(
 def test_an_internal_error_is_one_line_and_its_traceback_goes_to_a_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from pipeline import cli
+    from pipeline import cli, runcmds
 
     async def broken(*args: Any, **kwargs: Any) -> Any:
         raise KeyError("a bug")
@@ -276,7 +276,7 @@ def test_an_internal_error_is_one_line_and_its_traceback_goes_to_a_file(
     texts(tmp_path, ["a"])
     config = write_config(tmp_path, "http://127.0.0.1:9/v1")
     (tmp_path / "out").mkdir()
-    monkeypatch.setattr(cli, "run", broken)
+    monkeypatch.setattr(runcmds, "run", broken)
     assert cli.main(["run", str(config)]) == 6
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "internal error" in err and "KeyError" in err
