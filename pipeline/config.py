@@ -11,97 +11,16 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from .batchconfig import BatchConfig
+from .locations import OxenConfig, _oxen_local, _s3_local, _storage_needs_url
+from .locations import StorageOptions as StorageOptions  # re-exported
+from .strict import _Strict
 
 DEFAULT_BASE_URL = "https://hub.oxen.ai/api/ai"
 DEFAULT_MODEL = "gemini-2-5-flash-lite-preview-09-2025"
 DEFAULT_KEY_ENV = "OXEN_API_KEY"
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-OXEN_PREFIX = "oxen://"
-LOCAL_OXEN = ".pipeline-oxen"  # beside the config: fetched inputs, outputs before their commit
-
-
-def _oxen_local(data: Any, side: str) -> Any:
-    """An `oxen://NS:REPO@REV/PATH` path: kept as `repo`, and `path` becomes the local file
-    that stands for it (under LOCAL_OXEN beside the config: the input's cache, or the output
-    written there before its commit)."""
-    if isinstance(data, dict) and str(data.get("path", "")).startswith(OXEN_PREFIX):
-        address = str(data["path"])
-        where = address[len(OXEN_PREFIX) :].replace(":", "/").replace("@", "/")
-        data = {**data, "repo": address, "path": f"{LOCAL_OXEN}/{side}/{where}"}
-    return data
-
-
-S3_PREFIX = "s3://"
-LOCAL_S3 = ".pipeline-s3"  # beside the config: downloaded inputs, outputs before their upload
-
-
-def _s3_local(data: Any, side: str) -> Any:
-    """An `s3://BUCKET/KEY` path: kept as `url`, and `path` becomes the local file (or, for a
-    Parquet glob, the local glob) that stands for it under LOCAL_S3 beside the config: the
-    input's download cache, or the output written there before its upload."""
-    if isinstance(data, dict) and str(data.get("path", "")).startswith(S3_PREFIX):
-        from .objectstore import S3Url  # checks the URL's shape
-
-        url = S3Url.parse(str(data["path"]), side)
-        data = {**data, "url": str(url), "path": f"{LOCAL_S3}/{side}/{url.bucket}/{url.key}"}
-    return data
-
-
-class StorageOptions(_Strict):
-    """Where an s3:// path lives and which variables hold its credentials (never the
-    credentials themselves)."""
-
-    endpoint_url: str | None = Field(
-        default=None,
-        description="the S3 endpoint, e.g. http://127.0.0.1:9000 for MinIO (http:// is spoken "
-        "in plain HTTP); unset: AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, else AWS itself",
-    )
-    region: str | None = Field(
-        default=None,
-        description="the bucket's region; unset: AWS_REGION or AWS_DEFAULT_REGION, else asked "
-        "of AWS (us-east-1 with an endpoint_url)",
-    )
-    access_key_id_env: str = Field(
-        default="AWS_ACCESS_KEY_ID",
-        description="the NAME of the variable holding the access key id; when the default "
-        "variables are unset, the AWS SDK's own chain (profile, instance role) is used",
-    )
-    secret_access_key_env: str = Field(
-        default="AWS_SECRET_ACCESS_KEY",
-        description="the NAME of the variable holding the secret access key",
-    )
-    session_token_env: str = Field(
-        default="AWS_SESSION_TOKEN",
-        description="the NAME of the variable holding a session token (temporary credentials)",
-    )
-    anonymous: bool = Field(
-        default=False,
-        description="send no credentials at all (a public bucket)",
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_secrets(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for name in ("access_key_id", "secret_access_key", "session_token"):
-                if name in data:
-                    raise ValueError(
-                        f"{name} is a secret and is not written in the config: put it in an "
-                        f"environment variable and name that in {name}_env (default "
-                        f"AWS_{name.upper()})"
-                    )
-        return data
-
-
-def _storage_needs_url(url: str | None, options: StorageOptions, side: str) -> None:
-    if url is None and options != StorageOptions():
-        raise ValueError(f"{side}.storage_options applies to s3:// paths only")
 
 
 class InputConfig(_Strict):
@@ -380,64 +299,6 @@ class OutputConfig(_Strict):
         return self
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def duration_s(value: Any) -> float:
-    """Seconds in `6h`, `90m`, `45s`, `1d` or a plain number of seconds."""
-    if isinstance(value, bool):
-        raise ValueError("a duration such as 6h, 90m or 45s")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        found = _DURATION.match(str(value))
-        if found is None:
-            raise ValueError(f"{value!r} is not a duration such as 6h, 90m or 45s")
-        seconds = float(found[1]) * _DURATION_UNITS[found[2] or "s"]
-    if seconds <= 0:
-        raise ValueError("a duration must be more than 0")
-    return seconds
-
-
-class BatchConfig(_Strict):
-    completion_window: str = Field(
-        default="24h",
-        description="the batch API's completion window, sent as is (OpenAI accepts 24h)",
-    )
-    deadline: float | None = Field(
-        default=6 * 3600.0,
-        description="unfinished after this (6h, 90m, or seconds): cancel the batch, keep what "
-        "completed and send the rest online in the same run; null: wait for the batch to end",
-    )
-    poll_s: float = Field(
-        default=30,
-        gt=0,
-        description="seconds between the first polls of a batch; doubles up to 10 minutes",
-    )
-    discount: float = Field(
-        default=0.5,
-        ge=0,
-        le=1,
-        description="batch answers cost this fraction of the model's price",
-    )
-    max_requests_per_file: int = Field(
-        default=50_000,
-        ge=1,
-        description="requests per uploaded batch file at most; more make more batches",
-    )
-    max_file_mb: float = Field(
-        default=200,
-        gt=0,
-        description="megabytes per uploaded batch file at most",
-    )
-
-    @field_validator("deadline", mode="before")
-    @classmethod
-    def _deadline(cls, value: Any) -> float | None:
-        return None if value is None else duration_s(value)
-
-
 class RunConfig(_Strict):
     mode: Literal["online", "batch"] = Field(
         default="online",
@@ -496,16 +357,6 @@ class RunConfig(_Strict):
         ge=0,
         le=1,
         description="fraction of rows that may fail or be invalid with the run still exiting 0",
-    )
-
-
-class OxenConfig(_Strict):
-    host: str = Field(default="hub.oxen.ai", description="the Oxen hub (or oxen-server) host")
-    scheme: Literal["https", "http"] = Field(default="https", description="https or http")
-    api_key_env: str | None = Field(
-        default=None,
-        description="the environment variable holding the hub's key; unset: model.api_key_env "
-        "(Oxen's inference and repositories take the same key)",
     )
 
 
