@@ -23,7 +23,7 @@ chromium: $(VENV)/.chromium-done
 $(VENV)/.setup-done: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,ray]'
 	@# The `oxen` extra (oxenai, for output.commit) pins polars below 2; the tests run on the
 	@# polars a plain install gets, with oxenai beside it (it imports with polars 2 too) and
 	@# only the packages `import oxen` needs.

@@ -299,7 +299,32 @@ class OutputConfig(_Strict):
         return self
 
 
+class RayConfig(_Strict):
+    address: str | None = Field(
+        default=None,
+        description="the Ray cluster to run on: `auto`, `ray://head:10001` or a head's address; "
+        "unset: the RAY_ADDRESS variable, or else a local Ray started for the run and stopped "
+        "after it",
+    )
+    workers: int = Field(
+        default=4,
+        ge=1,
+        le=1024,
+        description="worker actors that send the requests; run.concurrency is split among them",
+    )
+
+
 class RunConfig(_Strict):
+    engine: Literal["local", "ray"] = Field(
+        default="local",
+        description="local: one process sends every request; ray: worker actors on a Ray "
+        "cluster send them under one shared rate budget (the `ray` extra), while this process "
+        "reads, stores and writes",
+    )
+    ray: RayConfig = Field(
+        default_factory=RayConfig,
+        description="run.engine ray: the cluster and the number of workers",
+    )
     mode: Literal["online", "batch"] = Field(
         default="online",
         description="online: one request per row as the limiter allows; batch: the provider's "

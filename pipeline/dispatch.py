@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from .records import FAILED, PENDING, Result
 from .triage import Work
@@ -18,6 +19,20 @@ log = logging.getLogger(__name__)
 
 Handle = Callable[[Work], Awaitable[Result]]
 Done = Callable[[Result, int], None]  # a key's result and the rows that waited on it
+
+
+class Pool(Protocol):
+    """What a job asks of its worker pool: this one, or the Ray engine's `RayPool`."""
+
+    def __contains__(self, key: object) -> bool: ...
+
+    def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def submit(self, work: Work, rows: int) -> asyncio.Future[Result]: ...
+
+    def join(self, key: str, rows: int) -> asyncio.Future[Result]: ...
 
 
 class Dispatcher:

@@ -12,15 +12,16 @@ parser) or anything unexpected while sending (the dispatcher) becomes its status
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import jinja2
 import polars as pl
 
 from .answers import answer_columns, traced
 from .config import Config
-from .dispatch import Dispatcher
+from .dispatch import Dispatcher, Pool
 from .errors import OutputError, RowError
 from .evaluate import Evaluation, score
 from .memo import Memo
@@ -29,7 +30,7 @@ from .progress import Progress
 from .reask import Reasker
 from .records import FAILED, INVALID, OK, PENDING, SKIPPED, Request, Result
 from .render import Renderer
-from .sender import Sender
+from .sender import Counters
 from .store import Store, Writer
 from .summary import Summary
 from .triage import Stored, Work, triage
@@ -73,19 +74,38 @@ def render_rows(
     return requests, errors
 
 
+class Sending(Protocol):
+    """What a job asks of its sender: `sender.Sender`, or the Ray engine's `RaySender`."""
+
+    counters: Counters
+    stop_reason: str | None
+    price: Any
+    latencies: list[float] | None
+
+    def stop(self, reason: str) -> None: ...
+
+    def waiting(self) -> str | None: ...
+
+    async def send(self, request: Request) -> Result: ...
+
+
 class Job:
-    """One run's stages wired together; `offline` answers from the store only."""
+    """One run's stages wired together; `offline` answers from the store only.
+
+    `pool` makes the worker pool that sends (default: `dispatch.Dispatcher` in this process).
+    """
 
     def __init__(
         self,
         config: Config,
         store: Store,
-        sender: Sender,
+        sender: Sending,
         renderer: Renderer,
         *,
         summary: Summary,
         progress: Progress | None = None,
         offline: bool = False,
+        pool: Callable[[Job], Pool] | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -97,7 +117,9 @@ class Job:
         self.offline = offline
         self.memo = Memo(store, config, renderer.columns)
         self.reasker = Reasker(self.parser, config.output.retry_invalid, store)
-        self.pool = Dispatcher(config.run.concurrency, self._handle, self._done)
+        self.pool: Pool = (
+            pool(self) if pool else Dispatcher(config.run.concurrency, self._handle, self.settled)
+        )
         self._writer = Writer(store)
         self._failed: dict[str, Result] = {}  # failed in this run: not sent again in this run
         self._settled: dict[str, int] = {}  # rows settled in chunks not finished, by status
@@ -231,11 +253,26 @@ class Job:
                 await self._writer.put(sent)
             return sent
         except OutputError as exc:
-            self.sender.stop(str(exc))
-            self.fatal = self.fatal or exc
+            self.store_failed(exc)
             return Result(request.key, PENDING)
 
-    def _done(self, result: Result, rows: int) -> None:
+    def store_failed(self, exc: OutputError) -> None:
+        """The store cannot take answers: stop sending, and end the run with the error."""
+        self.sender.stop(str(exc))
+        self.fatal = self.fatal or exc
+
+    def resume(self, work: Work) -> Work | Result:
+        """A request whose worker was lost: settled if the store has its answer now, else
+        to send again from its first re-ask missing."""
+        request = work[0]
+        found = self.store.lookup([request.key], with_raw=False).get(request.key)
+        if found is None or found.status != OK:
+            return work
+        result, next_reask = self.reasker.from_store(request.key, found)
+        return result if next_reask is None else (request, next_reask, result)
+
+    def settled(self, result: Result, rows: int) -> None:
+        """A key's request is done, for the `rows` rows waiting on it."""
         if result.status == FAILED:
             self._failed[result.key] = result
         self._tally(result.status, rows)

@@ -32,6 +32,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from .ratelimit import Budget, RateHeaders
 
@@ -82,14 +83,14 @@ class _Accepted:
         self.first: float | None = None
         self.seconds: deque[list[int]] = deque()  # [second, answers]
 
-    def add(self, now: float) -> None:
+    def add(self, now: float, answers: int = 1) -> None:
         if self.first is None:
             self.first = now
         second = math.floor(now)
         if self.seconds and self.seconds[-1][0] == second:
-            self.seconds[-1][1] += 1
+            self.seconds[-1][1] += answers
             return
-        self.seconds.append([second, 1])
+        self.seconds.append([second, answers])
         while self.seconds[0][0] < second - HORIZON_S:
             self.seconds.popleft()
 
@@ -136,6 +137,29 @@ class _Window:
         elif remaining > before + max(2.0, quota / 4):
             self.start = sent_at
         self.remaining = remaining
+
+
+class Pacer(Protocol):
+    """What the sender asks of a limiter: this module's, or a worker's share of a cluster's
+    (`budget.LeasedLimiter`)."""
+
+    async def acquire(self, tokens: int) -> float: ...
+
+    def waiting(self) -> str | None: ...
+
+    def refused_for(self) -> float: ...
+
+    def settle(self, estimated: int, actual: int) -> None: ...
+
+    def observe(self, rate: RateHeaders | None, *, sent_at: float | None = None) -> None: ...
+
+    def rate_limited_by_server(
+        self,
+        retry_after: float | None,
+        *,
+        sent_at: float | None = None,
+        rate: RateHeaders | None = None,
+    ) -> None: ...
 
 
 class Limiter:
@@ -185,23 +209,50 @@ class Limiter:
             if now < self.paused_until:
                 await self._sleep(self.paused_until - now)
                 continue
-            if self._pause_began is not None:
-                self._end_pause(now)
-            self._recover(now)
-            start = now
-            if self._requests is not None:
-                start = max(start, self._requests.reserve(1, now, self.factor))
-            if self._tokens is not None:
-                start = max(start, self._tokens.reserve(tokens, now, self.factor))
+            start = self._reserve(tokens, now)
             if start > now:
                 await self._sleep(start - now)
             if self._clock() >= self.paused_until:
-                if self._first_sent is None:
-                    self._first_sent = start
-                self._sent += 1
-                self._sent_tokens += tokens
+                self.count_sent(1, tokens, start)
                 return max(start, now)
             # A 429 arrived while we waited: our slot is void, queue again after the pause.
+
+    def book(self, tokens: int) -> float | None:
+        """Reserve one request's slot without waiting: when it may be sent (None: paused).
+
+        For a budget shared by several processes (`budget.Ledger`): the slot is counted as
+        sent, since whoever holds it sends at that time.
+        """
+        now = self._clock()
+        if now < self.paused_until:
+            return None
+        start = self._reserve(tokens, now)
+        self.count_sent(1, tokens, start)
+        return start
+
+    def count_sent(self, requests: int, tokens: int, at: float) -> None:
+        """`requests` went out at `at` (with `tokens` estimated): a budget learnt later is
+        charged for them."""
+        if self._first_sent is None:
+            self._first_sent = at
+        self._sent += requests
+        self._sent_tokens += tokens
+
+    @property
+    def budgeted(self) -> bool:
+        """Whether any budget paces sending (told, sent in headers or learnt)."""
+        return self._requests is not None or self._tokens is not None
+
+    def _reserve(self, tokens: int, now: float) -> float:
+        if self._pause_began is not None:
+            self._end_pause(now)
+        self._recover(now)
+        start = now
+        if self._requests is not None:
+            start = max(start, self._requests.reserve(1, now, self.factor))
+        if self._tokens is not None:
+            start = max(start, self._tokens.reserve(tokens, now, self.factor))
+        return start
 
     def waiting(self) -> str | None:
         """What requests wait for now, for the progress display; None: nothing worth saying."""
@@ -222,13 +273,18 @@ class Limiter:
         return self._clock() - self._answered_at
 
     def settle(self, estimated: int, actual: int) -> None:
-        """An answer arrived: correct the token budget with its real usage."""
-        self._pause_s = DEFAULT_PAUSE_S
-        self._answered_at = self._clock()
-        if self._learning:
-            self._accepted.add(self._clock())
-        if self._tokens is not None and actual > 0:
-            self._tokens.refund(estimated - actual, self.factor)
+        """An answer arrived: correct the token budget with its real usage (0: unknown)."""
+        self.answered(1, estimated - actual if actual > 0 else 0)
+
+    def answered(self, answers: int, refund: int) -> None:
+        """`answers` arrived; give back `refund` tokens reserved beyond what they used."""
+        if answers:
+            self._pause_s = DEFAULT_PAUSE_S
+            self._answered_at = self._clock()
+            if self._learning:
+                self._accepted.add(self._answered_at, answers)
+        if self._tokens is not None and refund:
+            self._tokens.refund(refund, self.factor)
 
     def observe(self, rate: RateHeaders | None, *, sent_at: float | None = None) -> None:
         """Take the server's budgets from an answer's rate-limit headers; `sent_at`: when its

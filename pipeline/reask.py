@@ -25,13 +25,14 @@ def is_valid(parser: Parser, result: Result) -> bool:
 class Reasker:
     """Asks a request (and its re-asks) until its answer parses or the re-asks run out."""
 
-    def __init__(self, parser: Parser, reasks: int, store: Store) -> None:
+    def __init__(self, parser: Parser, reasks: int, store: Store | None) -> None:
         self.parser = parser
         self.reasks = reasks
         self._store = store
 
     def from_store(self, key: str, result: Result) -> tuple[Result, int | None]:
         """Follow the stored re-asks of an answer; the next re-ask to send, if any."""
+        assert self._store is not None, "from_store needs the store"
         attempt = 0
         while self.reasks and not is_valid(self.parser, result):
             if attempt == self.reasks:

@@ -26,17 +26,15 @@ import polars as pl
 
 from .catalog import Price, check_model, price
 from .checks import api_key, check_new_columns, check_output
-from .client import ChatClient
 from .config import Config
+from .engine import Engine, LocalEngine
 from .errors import ConfigError, PipelineError
 from .evaluate import merge
 from .job import Chunk, Job
-from .limiter import Limiter
 from .lock import Lock
 from .progress import Progress
 from .render import Renderer
 from .scoretable import format_table
-from .sender import Sender
 from .sink import Sink
 from .source import Source
 from .store import Store
@@ -51,6 +49,7 @@ from .summary import (
 
 if TYPE_CHECKING:
     from .batches import BatchOutcome
+    from .job import Sending
 
 log = logging.getLogger(__name__)
 
@@ -316,26 +315,28 @@ async def execute(
             found_price = price(config.model, None)
             if not offline:
                 found_price = await asyncio.to_thread(model_price, config, key)
-            limiter = Limiter(config.run.requests_per_minute, config.run.tokens_per_minute)
-            client = None
-            if not offline:
-                client = ChatClient(
-                    config.model.base_url,
-                    key,
-                    timeout_s=config.run.timeout_s,
-                    concurrency=config.run.concurrency,
-                    transport=transport,
-                )
-            sender = Sender(config, client, limiter, found_price)
+            if config.run.engine == "ray" and not offline:
+                from .rayengine import RayEngine  # run.engine: ray only
+
+                engine: Engine = RayEngine(config, key, found_price, summary)
+            else:
+                engine = LocalEngine(config, key, found_price, offline, transport)
+            sender = engine.sender
             sender.latencies = latencies
             job = Job(
-                config, store, sender, renderer, summary=summary, progress=progress, offline=offline
+                config,
+                store,
+                sender,
+                renderer,
+                summary=summary,
+                progress=progress,
+                offline=offline,
+                pool=engine.pool,
             )
             try:
                 async with contextlib.AsyncExitStack() as stack:
-                    if client is not None:
-                        await stack.enter_async_context(client)
-                    progress.start(total, job.stats, sender.waiting)
+                    await stack.enter_async_context(engine)
+                    progress.start(total, engine.stats(job), sender.waiting)
                     stack.callback(progress.close)
                     job.start()
                     stack.push_async_callback(job.close)
@@ -352,7 +353,7 @@ async def execute(
             store.close()
 
 
-def _count_spending(summary: Summary, sender: Sender) -> None:
+def _count_spending(summary: Summary, sender: Sending) -> None:
     counters = sender.counters
     summary.requests_sent = counters.requests_sent
     summary.retries = counters.retries

@@ -20,7 +20,7 @@ from .catalog import Price
 from .client import ChatClient, Completion
 from .config import Config
 from .errors import AuthError, FatalRequestError, RateLimited, RequestError, RetryableError
-from .limiter import REFUSED_STOP_S, Limiter
+from .limiter import REFUSED_STOP_S, Pacer
 from .ratelimit import rate_headers
 from .records import FAILED, OK, PENDING, Request, Result
 
@@ -40,6 +40,17 @@ class Counters:
     cost_usd: float = 0.0
 
 
+def over_budget(counters: Counters, config: Config) -> str | None:
+    """Why sending stops when the spend reached `run.max_cost_usd`; None: within it."""
+    budget = config.run.max_cost_usd
+    if budget is None or counters.cost_usd < budget:
+        return None
+    return (
+        f"spent ${counters.cost_usd:.4f}, the budget run.max_cost_usd is ${budget:g}; "
+        "rerun (with a higher budget) to continue"
+    )
+
+
 class _Stopped(Exception):
     """Raised inside a retry loop when the run stopped sending."""
 
@@ -51,7 +62,7 @@ class Sender:
         self,
         config: Config,
         client: ChatClient | None,
-        limiter: Limiter,
+        limiter: Pacer,
         price: Price | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
@@ -207,12 +218,8 @@ class Sender:
             self.counters.cost_usd += self.price.cost(
                 completion.prompt_tokens, completion.completion_tokens
             )
-            budget = self._config.run.max_cost_usd
-            if budget is not None and self.counters.cost_usd >= budget:
-                self.stop(
-                    f"spent ${self.counters.cost_usd:.4f}, the budget run.max_cost_usd is "
-                    f"${budget:g}; rerun (with a higher budget) to continue"
-                )
+            if reason := over_budget(self.counters, self._config):
+                self.stop(reason)
         return completion
 
     def _auth_advice(self, exc: AuthError) -> str:

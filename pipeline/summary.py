@@ -49,6 +49,9 @@ class Summary:
     fail_threshold: float = 0.0
     exit: int | None = None  # set when something other than the rows decides the exit code
     mode: str = "online"
+    engine: str = "local"
+    workers: int | None = None  # run.engine ray: the worker actors that sent
+    ray_start_s: float | None = None  # ... and the seconds Ray took to have them ready
     batch_submitted: int = 0  # requests this run submitted in batches
     batches: list[dict[str, Any]] = field(default_factory=list)  # id, state, counts
     input_commit: str | None = None  # an oxen:// input, or a committed file: its commit

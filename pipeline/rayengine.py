@@ -1,0 +1,456 @@
+"""Ray engine: a run's requests sent by worker actors on a Ray cluster, under one budget.
+
+Only sending moves. This process (the driver) still reads the input, renders, asks the store,
+parses and writes the output in order, through the same `job.Job` as the local engine, so the
+output and the store are the same whichever engine ran. `RayPool` takes the local worker
+pool's place: it hands batches of requests to `rayworker.Worker` actors (each with its own
+HTTP client and sender) and long-polls each for what came back. Every worker's limiter leases
+send times from one `budget.Ledger` actor: one rate budget for the cluster, asked a few times
+a second per worker, not once per request.
+
+An answer is committed to the store here before its worker hears so (the next poll's ack),
+and only then does the worker's slot take another request: a SIGKILL of the driver loses at
+most the requests in flight, as in one process. A worker that dies is restarted by Ray; the
+requests it held are looked up in the store again and sent anew only if still unanswered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from .budget import Ledger
+from .catalog import Price
+from .config import Config
+from .errors import ConfigError, OutputError, PipelineError
+from .rayworker import DONE, PUT, Drained, Worker
+from .records import PENDING, Request, Result
+from .sender import Counters, over_budget
+from .summary import Summary
+from .triage import Work
+
+if TYPE_CHECKING:
+    from .job import Job
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.25  # a worker answers a poll at once when it has news, else after this long
+QUEUED_PER_SLOT = 2  # requests handed to a worker: up to this many per request it may send
+LOST_S = 15.0  # a worker unreachable this long (Ray's restarts spent) is given up
+RESTARTS = 3  # times Ray restarts a worker process that died
+CLOSE_S = 10.0  # seconds a worker has to hand back its last answers at the end
+LOCAL_OBJECT_STORE = 256 * 2**20  # a local Ray's object store: the run's messages are small
+
+
+def import_ray() -> Any:
+    """Ray, or a one-line error that says what to install."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(
+            "run.engine: ray needs Ray, which is not installed: pip install 'pipeline[ray]' "
+            "(or pip install ray)"
+        ) from None
+    return ray
+
+
+def shares(concurrency: int, workers: int) -> list[int]:
+    """`concurrency` split among at most `workers` workers, each with one request or more."""
+    count = min(concurrency, workers)
+    return [concurrency // count + (1 if i < concurrency % count else 0) for i in range(count)]
+
+
+@dataclass
+class Cluster:
+    """The Ray the run uses, its budget actor and its workers."""
+
+    ray: Any
+    started: bool  # a local Ray started for this run, stopped after it
+    address: str
+    ledger: Any
+    workers: list[Any]
+    shares: list[int]
+    seconds: float = 0.0  # from the start to every worker ready
+
+    def stop(self) -> None:
+        """Kill the actors; stop the local Ray if this run started it."""
+        for actor in [*self.workers, self.ledger]:
+            with contextlib.suppress(Exception):
+                self.ray.kill(actor)
+        if self.started:
+            self.ray.shutdown()
+
+
+def start(config: Config, api_key: str | None, price: Price | None) -> Cluster:
+    """Start (or join) Ray, the budget actor and the workers; wait until each is up."""
+    ray = import_ray()
+    began = time.monotonic()
+    settings = config.run.ray
+    address = settings.address or os.environ.get("RAY_ADDRESS") or None
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from a run
+    quiet: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "logging_level": logging.ERROR,  # not its notes on token auth and restarts
+    }
+    try:
+        if address is None:
+            ray.init(address="local", object_store_memory=LOCAL_OBJECT_STORE, **quiet)
+        else:
+            ray.init(address=address, **quiet)
+    except Exception as exc:
+        where = address or "a local Ray"
+        raise ConfigError(f"run.ray.address: cannot start or reach {where}: {exc}") from exc
+    cluster = Cluster(ray, address is None, address or "local", None, [], [])
+    try:
+        _place(cluster, config, api_key, price)
+        ray.get([w.drain.remote(0, 0) for w in cluster.workers], timeout=120)
+    except BaseException:
+        cluster.stop()
+        raise
+    cluster.seconds = time.monotonic() - began
+    log.info(
+        "Ray (%s) ready with %d workers in %.1fs",
+        cluster.address,
+        len(cluster.workers),
+        cluster.seconds,
+    )
+    return cluster
+
+
+def _place(cluster: Cluster, config: Config, api_key: str | None, price: Price | None) -> None:
+    """The ledger beside the driver, the workers spread over the cluster."""
+    ray = cluster.ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    run = config.run
+    name = f"pipeline-ledger-{uuid.uuid4().hex[:12]}"  # the workers find it by name
+    cluster.ledger = (
+        ray.remote(Ledger)
+        .options(num_cpus=0, scheduling_strategy=here, max_concurrency=1, name=name)
+        .remote(run.requests_per_minute, run.tokens_per_minute)
+    )
+    worker = ray.remote(Worker).options(
+        num_cpus=0, max_restarts=RESTARTS, scheduling_strategy="SPREAD"
+    )
+    cluster.shares = shares(run.concurrency, run.ray.workers)
+    cluster.workers = [
+        worker.remote(config, api_key, price, share, name)
+        for share in cluster.shares
+    ]
+
+
+class RaySender:
+    """The driver's view of the workers' senders: what they spent, and why sending stopped."""
+
+    def __init__(self, config: Config, price: Price | None, tell: Callable[[str], None]) -> None:
+        self._config = config
+        self.price = price
+        self.counters = Counters()
+        self.stop_reason: str | None = None
+        self.latencies: list[float] | None = None
+        self.said: str | None = None  # what the ledger says sending waits for
+        self._tell = tell
+
+    def waiting(self) -> str | None:
+        return self.said
+
+    def stop(self, reason: str) -> None:
+        """Stop sending on every worker."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            log.error("stopping: %s", reason)
+            self._tell(reason)
+
+    def add(self, spent: Counters) -> None:
+        """A worker's spending since its last poll; the run's budget is checked here."""
+        counters = self.counters
+        counters.requests_sent += spent.requests_sent
+        counters.retries += spent.retries
+        counters.prompt_tokens += spent.prompt_tokens
+        counters.completion_tokens += spent.completion_tokens
+        counters.cost_usd += spent.cost_usd
+        if self.price is not None and (reason := over_budget(counters, self._config)):
+            self.stop(reason)
+
+    async def send(self, request: Request) -> Result:
+        raise RuntimeError("under the Ray engine, the workers send")
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One worker as the driver sees it."""
+
+    index: int
+    actor: Any
+    share: int
+    held: dict[str, Work] = field(default_factory=dict)  # handed to it, not done
+    alive: bool = True
+
+
+class RayPool:
+    """The worker pool of `job.Job`, its workers Ray actors."""
+
+    def __init__(self, engine: RayEngine, job: Job, sender: RaySender) -> None:
+        self._engine = engine
+        self._ray: Any = None
+        self._ledger: Any = None
+        self._job = job
+        self._sender = sender
+        self._slots: list[_Slot] = []
+        self._cap = 0
+        self._queue: deque[Work] = deque()
+        self._futures: dict[str, asyncio.Future[Result]] = {}
+        self._rows: dict[str, int] = {}
+        self._room = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._pumps: list[asyncio.Task[None]] = []
+        self._flushing = False
+        self._closing = False
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._futures
+
+    @property
+    def live(self) -> int:
+        return sum(slot.alive for slot in self._slots)
+
+    def start(self) -> None:
+        cluster = self._engine.cluster
+        assert cluster is not None, "the engine starts the cluster before the pool"
+        self._ray, self._ledger = cluster.ray, cluster.ledger
+        self._slots = [
+            _Slot(i, actor, share)
+            for i, (actor, share) in enumerate(zip(cluster.workers, cluster.shares, strict=True))
+        ]
+        self._cap = sum(cluster.shares) * (QUEUED_PER_SLOT + 1)
+        self._pumps = [asyncio.create_task(self._pump(slot)) for slot in self._slots]
+        self._pumps.append(asyncio.create_task(self._listen()))
+
+    def tell(self, reason: str) -> None:
+        """Tell every worker to stop sending."""
+        for slot in self._slots:
+            self._watch(slot.actor.stop.remote(reason))
+
+    async def submit(self, work: Work, rows: int) -> asyncio.Future[Result]:
+        """Queue `work` for `rows` rows (waits while the workers hold enough)."""
+        while len(self._futures) >= self._cap and self.live:
+            self._room.clear()
+            await self._room.wait()
+        key = work[0].key
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._futures[key] = future
+        self._rows[key] = rows
+        if not self.live:
+            self._settle(Result(key, PENDING))
+            return future
+        self._queue.append(work)
+        self._schedule()
+        return future
+
+    def join(self, key: str, rows: int) -> asyncio.Future[Result]:
+        self._rows[key] += rows
+        return self._futures[key]
+
+    async def close(self) -> None:
+        """Stop polling, take each worker's last answers, end what is left pending."""
+        self._closing = True
+        for task in self._pumps:
+            task.cancel()
+        await asyncio.gather(*self._pumps, return_exceptions=True)
+        for slot in self._slots:
+            if slot.alive:
+                try:
+                    last = await asyncio.wait_for(slot.actor.close.remote(), CLOSE_S)
+                except Exception as exc:  # lost or slow: what it held stays unanswered
+                    log.warning("Ray worker %d did not close: %s", slot.index, exc)
+                else:
+                    self._take(slot, last)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for key in list(self._futures):
+            self._settle(Result(key, PENDING))
+
+    def _schedule(self) -> None:
+        if not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Hand queued requests to the workers with the most room, a batch per worker."""
+        self._flushing = False
+        live = [slot for slot in self._slots if slot.alive]
+        batches: dict[_Slot, list[Work]] = {}
+        while self._queue and live:
+            slot = min(live, key=lambda s: len(s.held) / s.share)
+            if len(slot.held) >= slot.share * QUEUED_PER_SLOT:
+                break
+            work = self._queue.popleft()
+            slot.held[work[0].key] = work
+            batches.setdefault(slot, []).append(work)
+        for slot, works in batches.items():
+            self._watch(slot.actor.take.remote(works), slot, works)
+
+    def _watch(self, ref: Any, slot: _Slot | None = None, works: list[Work] | None = None) -> None:
+        """Await a call's answer in the background; a batch a lost worker never took goes
+        to the others."""
+
+        async def wait() -> None:
+            try:
+                await ref
+            except Exception as exc:
+                if slot is not None and works:
+                    lost = [w for w in works if slot.held.pop(w[0].key, None) is not None]
+                    self._requeue(slot, lost, exc)
+
+        task = asyncio.create_task(wait())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _pump(self, slot: _Slot) -> None:
+        """Poll one worker for its answers, store them, and ack them with the next poll."""
+        errors = self._ray.exceptions.RayError
+        acked, lost_since = 0, None
+        while True:
+            try:
+                drained = await slot.actor.drain.remote(acked, POLL_S)
+            except errors as exc:
+                acked = 0  # a restarted worker counts from the start
+                lost = list(slot.held.values())
+                slot.held.clear()
+                self._requeue(slot, lost, exc)
+                lost_since = lost_since or time.monotonic()
+                if time.monotonic() - lost_since > LOST_S:
+                    self._give_up(slot, exc)
+                    return
+                await asyncio.sleep(1.0)
+                continue
+            lost_since = None
+            taken = self._take(slot, drained)
+            if taken is None:
+                return
+            acked = taken or acked
+
+    def _take(self, slot: _Slot, drained: Drained) -> int | None:
+        """Store a poll's answers, settle its finished requests; the last event's number
+        (None: the store failed, and the run stops)."""
+        puts = [result for _, kind, result in drained.events if kind == PUT]
+        if puts:
+            try:
+                self._job.store.put_many(puts)
+            except OutputError as exc:
+                self._job.store_failed(exc)
+                return None
+        for _, kind, result in drained.events:
+            if kind == DONE and slot.held.pop(result.key, None) is not None:
+                self._settle(result)
+        self._sender.add(drained.counters)
+        if drained.stop_reason:
+            self._sender.stop(drained.stop_reason)
+        return drained.events[-1][0] if drained.events else 0
+
+    def _settle(self, result: Result) -> None:
+        future = self._futures.pop(result.key, None)
+        if future is None:
+            return  # settled already (sent twice after a worker was thought lost)
+        rows = self._rows.pop(result.key)
+        if not future.done():
+            future.set_result(result)
+        self._job.settled(result, rows)
+        self._room.set()
+        self._schedule()
+
+    def _requeue(self, slot: _Slot, lost: list[Work], exc: BaseException) -> None:
+        """Requests a lost worker held: settled from the store, or sent again."""
+        if not lost or self._closing:
+            return
+        log.warning(
+            "Ray worker %d lost (%s): its %d requests go to the workers left",
+            slot.index,
+            type(exc).__name__,
+            len(lost),
+        )
+        for work in reversed(lost):
+            again = self._job.resume(work)
+            if isinstance(again, Result):
+                self._settle(again)
+            else:
+                self._queue.appendleft(again)
+        self._schedule()
+
+    def _give_up(self, slot: _Slot, exc: BaseException) -> None:
+        slot.alive = False
+        log.error("Ray worker %d is gone: %s", slot.index, exc)
+        if not self.live:
+            self._sender.stop(
+                "every Ray worker was lost; the answers so far are kept, rerun to go on"
+            )
+            for work in list(self._queue):
+                self._settle(Result(work[0].key, PENDING))
+            self._queue.clear()
+            self._room.set()
+
+    async def _listen(self) -> None:
+        """What the budget waits for, for the progress display, once a second."""
+        while True:
+            with contextlib.suppress(PipelineError, self._ray.exceptions.RayError):
+                self._sender.said = await self._ledger.waiting.remote()
+            await asyncio.sleep(1.0)
+
+
+class RayEngine:
+    """`run.engine: ray`: Ray started (or joined) around the run, its workers sending."""
+
+    def __init__(
+        self, config: Config, api_key: str | None, price: Price | None, summary: Summary
+    ) -> None:
+        import_ray()  # before anything else: a missing install is a usage error
+        self._config = config
+        self._api_key = api_key
+        self._price = price
+        self._summary = summary
+        self.cluster: Cluster | None = None
+        self._pool: RayPool | None = None
+        self.sender = RaySender(config, price, self._tell)
+
+    def pool(self, job: Job) -> RayPool:
+        self._pool = RayPool(self, job, self.sender)
+        return self._pool
+
+    def stats(self, job: Job) -> Callable[[], Mapping[str, Any]]:
+        def stats() -> Mapping[str, Any]:
+            live = self._pool.live if self._pool is not None else 0
+            return {**job.stats(), "workers": live}
+
+        return stats
+
+    async def __aenter__(self) -> RayEngine:
+        self.cluster = start(self._config, self._api_key, self._price)
+        self._summary.engine = "ray"
+        self._summary.workers = len(self.cluster.workers)
+        self._summary.ray_start_s = round(self.cluster.seconds, 2)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.cluster is not None:
+            await asyncio.to_thread(self.cluster.stop)
+
+    def _tell(self, reason: str) -> None:
+        if self._pool is not None:
+            self._pool.tell(reason)
