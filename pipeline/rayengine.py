@@ -145,8 +145,7 @@ def _place(cluster: Cluster, config: Config, api_key: str | None, price: Price |
     )
     cluster.shares = shares(run.concurrency, run.ray.workers)
     cluster.workers = [
-        worker.remote(config, api_key, price, share, name)
-        for share in cluster.shares
+        worker.remote(config, api_key, price, share, name) for share in cluster.shares
     ]
 
 

@@ -134,6 +134,10 @@ async def run(
     sink: Sink | None = None
     batch = config.run.mode == "batch" and not offline
     try:
+        if config.run.engine == "ray" and not offline:
+            from .rayengine import import_ray  # a missing install is said before anything else
+
+            import_ray()
         if config.input.repo is not None:
             from .repos import fetch_input  # oxen:// inputs only
 

@@ -117,8 +117,9 @@ def test_local_input_to_an_s3_parquet_output(tmp_path: Path, s3: FakeS3, model: 
     assert_no_secrets(tmp_path, ran)
 
 
+@pytest.mark.parametrize("engine", ["local", "ray"])
 def test_a_parquet_glob_in_key_order_to_an_s3_output_and_a_rerun_sends_nothing(
-    tmp_path: Path, s3: FakeS3, model: FakeServer
+    tmp_path: Path, s3: FakeS3, model: FakeServer, engine: str
 ) -> None:
     s3.create_bucket("lake")
     s3.put("lake", "tickets/part-b.parquet", parquet_bytes(["c", "d"], 2))
@@ -131,7 +132,7 @@ def test_a_parquet_glob_in_key_order_to_an_s3_output_and_a_rerun_sends_nothing(
         model.base_url,
         input={"path": "s3://lake/tickets/part-*.parquet"},
         output={"path": "s3://lake/answers/tickets.parquet", "include_meta": False},
-        run={"store": "store.db", "chunk_rows": 2},
+        run={"store": "store.db", "chunk_rows": 2, "engine": engine, "ray": {"workers": 2}},
     )
     first = run(config, s3)
     gets, sent = s3.count("get", "lake/tickets/"), model.count
@@ -146,6 +147,7 @@ def test_a_parquet_glob_in_key_order_to_an_s3_output_and_a_rerun_sends_nothing(
     assert again.code == 0, again.stderr
     assert s3.count("get", "lake/tickets/") == gets and model.count == sent
     assert again.summary["from_store"] == 5 and again.summary["output_url"]
+    assert first.summary["engine"] == again.summary["engine"] == engine
 
 
 def test_missing_objects_and_refusals_are_named_before_anything_is_sent(
