@@ -3,17 +3,19 @@
 The `Ledger` (one per run, in one process: a Ray actor under the Ray engine) holds the run's
 `Limiter`: requests and tokens per minute, the limits the server's headers name, the limit
 learnt from 429s, the pauses. Each worker's `LeasedLimiter` takes the limiter's place in its
-sender. It books send times from the ledger a slice at a time (at most LEASE_S ahead), sends
-at those times, and reports what came back (answers and their token usage, the latest
-rate-limit headers, 429s) with its next lease. So the ledger is asked a few times a second
-per worker, whatever the rate, and the sum of all workers' sending stays under the budget,
-since every send time was booked in one place.
+sender. It books send times from the ledger a slice at a time (SLICE_S of the budget's time at
+most), sends at those times, asks for the next slice once its last booked send is ASK_AHEAD_S
+away, and reports what came back (answers and their token usage, the latest rate-limit
+headers, 429s) with its next lease. Workers whose senders all wait take turns, a slice each:
+the ledger is asked about 1/SLICE_S times a second in all, whatever the rate, and the sum of
+all workers' sending stays under the budget, since every send time was booked in one place.
 
 A 429 is reported at once, and the ledger's pause reaches the other workers at their next
-lease: a worker holds at most LEASE_S of booked sends, and drops those dated after a pause
-when it hears of it. When no budget paces the run (none told, none in headers, none learnt
-yet), the ledger lets a worker send freely for LEASE_S at a time, counting what it sent, so
-a limit learnt later is charged for the opening burst as in one process.
+lease: a worker holds the sends it booked for its turn (ASK_AHEAD_S, and a slice for each
+worker), and drops those dated after a pause when it hears of it. When no budget paces the
+run (none told, none in headers, none learnt yet), the ledger lets a worker send freely for
+LEASE_S at a time, counting what it sent, so a limit learnt later is charged for the opening
+burst as in one process, and for what a worker sent freely before it heard of the limit.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from dataclasses import dataclass, field
 from .limiter import DEFAULT_PAUSE_S, Clock, Limiter, Sleep
 from .ratelimit import RateHeaders
 
-LEASE_S = 0.5  # a lease books send times at most this far ahead; a free lease lasts this long
+LEASE_S = 0.5  # a free lease lasts this long
+SLICE_S = LEASE_S / 4  # a lease books at most this much of the budget's time: workers take turns
+ASK_AHEAD_S = SLICE_S  # a worker asks for more once its last booked send is this close
 
 
 @dataclass
@@ -88,7 +92,7 @@ class Ledger:
                 if start is None:
                     break
                 grant.slots.append(max(0.0, start - now))
-                if start - now >= LEASE_S:
+                if start - now - grant.slots[0] >= SLICE_S:
                     break
         return grant
 
@@ -98,7 +102,13 @@ class Ledger:
 
     def _apply(self, report: Report, now: float) -> None:
         limiter = self.limiter
-        if report.sent:
+        if report.sent and limiter.budgeted and now >= limiter.paused_until:
+            # Sent freely before this worker heard of the budget: charged now, like the
+            # opening burst (which `observe` charges when the budget is learnt).
+            each, extra = divmod(report.sent_tokens, report.sent)
+            for i in range(report.sent):
+                limiter.book(each + (i < extra))
+        elif report.sent:
             limiter.count_sent(report.sent, report.sent_tokens, now - report.sent_age)
         if report.answers or report.refund:
             limiter.answered(report.answers, report.refund)
@@ -123,6 +133,7 @@ class LeasedLimiter:
         self._slots: deque[float] = deque()  # booked send times, on this process's clock
         self._booked = 0  # tokens booked per slot
         self._free_until = 0.0
+        self._ask_at = 0.0  # no lease before this: the last one booked far enough ahead
         self.paused_until = 0.0
         self._report = Report()
         self._first_free: float | None = None  # the first send of the free lease under way
@@ -147,7 +158,10 @@ class LeasedLimiter:
                     self._sent_free(tokens, now)
                     return now
                 if not self._slots:
-                    await self._refill(tokens)
+                    if now < self._ask_at:
+                        await self._sleep(self._ask_at - now)
+                    else:
+                        await self._refill(tokens)
                     continue
                 at = self._slots.popleft()
                 if at > now:
@@ -215,7 +229,7 @@ class LeasedLimiter:
 
     def _void(self) -> None:
         self._slots.clear()
-        self._free_until = 0.0
+        self._free_until = self._ask_at = 0.0
 
     def _report_now(self) -> None:
         task = asyncio.get_running_loop().create_task(self._refill(self._booked, want=0))
@@ -225,7 +239,9 @@ class LeasedLimiter:
     async def _refill(self, tokens: int, want: int | None = None) -> None:
         async with self._lock:
             now = self._clock()
-            if want is None and (self._slots or now < self._free_until or now < self.paused_until):
+            if want is None and (
+                self._slots or now < max(self._free_until, self.paused_until, self._ask_at)
+            ):
                 return  # another waiter's lease came back meanwhile
             await self._ask(max(1, self._waiters) if want is None else want, tokens)
 
@@ -247,6 +263,8 @@ class LeasedLimiter:
         if grant.paused_for:
             self._void()
         self._slots.extend(now + delay for delay in grant.slots)
+        if grant.slots:  # ask again once the last send booked is ASK_AHEAD_S away
+            self._ask_at = now + grant.slots[-1] - ASK_AHEAD_S
         self._booked = grant.tokens
         if grant.free_for:
             self._free_until = now + grant.free_for

@@ -69,10 +69,33 @@ def wait_for(check: Any, seconds: float = 90) -> None:
         time.sleep(0.02)
 
 
-def ray_processes(driver: int) -> list[int]:
-    """The Ray worker processes a run started (they name themselves `ray::Worker...`)."""
-    found = subprocess.run(["pgrep", "-f", "ray::Worker"], capture_output=True, text=True)
-    return [int(pid) for pid in found.stdout.split() if int(pid) != driver]
+def ray_workers(driver: int) -> list[int]:
+    """The Ray worker processes a run started: descendants of its process (Ray's own
+    processes start them) that name themselves `ray::Worker`."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    family, grew = {driver}, True
+    while grew:
+        more = {pid for pid, parent in parents.items() if parent in family} - family
+        family |= more
+        grew = bool(more)
+    return [pid for pid in family - {driver} if "ray::Worker" in command(pid)]
+
+
+def command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def gone(pids: list[int]) -> bool:
+    return not any("ray::Worker" in command(pid) for pid in pids)
 
 
 def ran_ok(ran: Ran) -> None:
@@ -146,10 +169,12 @@ def test_a_driver_killed_mid_run_resumes_on_ray_repeating_only_what_was_in_fligh
         config = job(tmp_path, server, concurrency=concurrency, engine="ray", ray=RAY["ray"])
         process = start_run(config)
         wait_for(lambda: server.count >= rows // 3)
+        workers = ray_workers(process.pid)
+        assert workers, "no Ray worker process found"
         process.send_signal(signal.SIGKILL)
         process.communicate(timeout=30)
         kept = stored(tmp_path)
-        wait_for(lambda: not ray_processes(process.pid), 60)  # the workers die with the driver
+        wait_for(lambda: gone(workers), 60)  # the workers die with the driver
         time.sleep(0.2)
         first = [last_content(body) for body in server.requests]
         assert rows // 3 <= len(first) < rows
@@ -175,7 +200,7 @@ def test_a_worker_killed_mid_run_loses_nothing_and_repeats_only_its_requests(
         config = job(tmp_path, server, concurrency=concurrency, engine="ray", ray=RAY["ray"])
         process = start_run(config)
         wait_for(lambda: server.count >= rows // 3)
-        victims = ray_processes(process.pid)
+        victims = ray_workers(process.pid)
         assert victims, "no Ray worker process found"
         os.kill(victims[0], signal.SIGKILL)
         out, err = process.communicate(timeout=180)
@@ -195,6 +220,7 @@ def test_ctrl_c_stops_the_cluster_and_keeps_every_answer(tmp_path: Path) -> None
         config = job(tmp_path, server, concurrency=4, engine="ray", ray=RAY["ray"])
         process = start_run(config)
         wait_for(lambda: server.count >= 40)
+        workers = ray_workers(process.pid)
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=60)
         sent = server.count
@@ -202,7 +228,7 @@ def test_ctrl_c_stops_the_cluster_and_keeps_every_answer(tmp_path: Path) -> None
         assert server.count == sent  # nothing is sent after the run ends
     assert process.returncode == 130, err
     assert "interrupted" in err
-    wait_for(lambda: not ray_processes(process.pid), 60)
+    assert workers and gone(workers)  # stopped with the run
     assert stored(tmp_path) >= sent - 4
 
 
@@ -217,3 +243,19 @@ def test_without_ray_installed_the_error_says_what_to_install(tmp_path: Path) ->
     assert ran.code == 2
     lines = ran.stderr.strip().splitlines()
     assert len(lines) == 1 and "pip install 'pipeline[ray]'" in lines[0], ran.stderr
+
+
+def test_a_rejected_key_stops_every_worker_and_the_rows_stay_pending(tmp_path: Path) -> None:
+    rows, concurrency = 60, 4
+    make_table(tmp_path, rows)
+    with FakeServer() as server:
+        server.always = 401
+        config = job(tmp_path, server, concurrency=concurrency, engine="ray", ray=RAY["ray"])
+        ran = run_cli("run", str(config), env=ENV)
+        sent = server.count
+    assert ran.code == 3, ran.stderr
+    assert "Invalid API key" in ran.stderr and "TEST_KEY" in ran.stderr
+    assert ENV["TEST_KEY"] not in ran.stderr + ran.stdout
+    assert sent <= 2 * 3 + concurrency  # each worker stops after 3 in a row; the rest hear it
+    assert ran.summary["stopped"] and ran.summary["pending"] >= rows - sent
+    assert set(answers(tmp_path)["_status"]) <= {"pending", "failed"}
