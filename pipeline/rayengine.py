@@ -216,6 +216,7 @@ class RayPool:
         self._pumps: list[asyncio.Task[None]] = []
         self._flushing = False
         self._closing = False
+        self.calls = {"polls": 0, "events": 0, "batches": 0, "handed": 0}  # for `-v`
 
     def __contains__(self, key: object) -> bool:
         return key in self._futures
@@ -280,6 +281,7 @@ class RayPool:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for key in list(self._futures):
             self._settle(Result(key, PENDING))
+        log.debug("Ray pool: %s", ", ".join(f"{n} {name}" for name, n in self.calls.items()))
 
     def _schedule(self) -> None:
         if not self._flushing:
@@ -300,6 +302,8 @@ class RayPool:
             batches.setdefault(slot, []).append(work)
         for slot, works in batches.items():
             self._watch(slot.actor.take.remote(works), slot, works)
+            self.calls["batches"] += 1
+            self.calls["handed"] += len(works)
 
     def _watch(self, ref: Any, slot: _Slot | None = None, works: list[Work] | None = None) -> None:
         """Await a call's answer in the background; a batch a lost worker never took goes
@@ -344,7 +348,9 @@ class RayPool:
     def _take(self, slot: _Slot, drained: Drained) -> int | None:
         """Store a poll's answers, settle its finished requests; the last event's number
         (None: the store failed, and the run stops)."""
-        puts = [result for _, kind, result in drained.events if kind == PUT]
+        self.calls["polls"] += 1
+        self.calls["events"] += len(drained.events)
+        puts = [result for _, kind, result in drained.events if kind != DONE]
         if puts:
             try:
                 self._job.store.put_many(puts)
@@ -352,7 +358,7 @@ class RayPool:
                 self._job.store_failed(exc)
                 return None
         for _, kind, result in drained.events:
-            if kind == DONE and slot.held.pop(result.key, None) is not None:
+            if kind != PUT and slot.held.pop(result.key, None) is not None:
                 self._settle(result)
         self._sender.add(drained.counters)
         if drained.stop_reason:

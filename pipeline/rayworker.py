@@ -29,6 +29,8 @@ from .triage import Work
 
 PUT = "put"  # an answer (or failure) to store; the worker waits for its ack
 DONE = "done"  # a request's final result for its rows
+GATHER_S = 0.005  # a poll that finds little waits this long for more (a request waits it once)
+FINAL = "final"  # both at once: a request's one answer, to store and give its rows
 
 
 @dataclass
@@ -59,6 +61,7 @@ class Worker:
         self._events: list[tuple[int, str, Result]] = []
         self._acks: dict[int, asyncio.Future[None]] = {}
         self._seq = 0
+        self._final: set[str] = set()  # keys whose FINAL event was emitted: no DONE after
         self._told = Counters()  # spending already handed to the driver
         self._news: asyncio.Event | None = None
 
@@ -79,6 +82,8 @@ class Worker:
         if not self._events and wait_s > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(news.wait(), wait_s)
+        if 0 < len(self._events) < self._share // 2 and wait_s > 0:
+            await asyncio.sleep(GATHER_S)  # a few more answers in the same poll: fewer calls
         news.clear()
         events, self._events = self._events, []
         return Drained(events, self._spent(), self.sender.stop_reason if self.sender else None)
@@ -127,18 +132,22 @@ class Worker:
         request, first, prior = work
         if first or self._reasker.reasks:
             return await self._reasker.ask(request, first, prior, self.sender.send, self._keep)
-        sent = await self.sender.send(request)
+        sent = await self.sender.send(request)  # the common case: one event, not two
         if sent.status != PENDING:
-            await self._keep(sent)
+            self._final.add(request.key)
+            await self._keep(sent, FINAL)
         return sent
 
-    async def _keep(self, result: Result) -> None:
+    async def _keep(self, result: Result, kind: str = PUT) -> None:
         """Hand `result` to the driver to store; return once it is stored."""
         future = asyncio.get_running_loop().create_future()
-        self._acks[self._emit(PUT, result)] = future
+        self._acks[self._emit(kind, result)] = future
         await future
 
     def _done(self, result: Result, rows: int) -> None:
+        if result.key in self._final:
+            self._final.discard(result.key)  # its rows had it with the answer
+            return
         self._emit(DONE, result)
 
     def _emit(self, kind: str, result: Result) -> int:
