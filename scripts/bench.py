@@ -3,12 +3,14 @@
 Each scenario starts its own mock (`scripts/bench_server.py`, pinned to CPU 1) on a free port
 of 127.0.0.1, runs a client pinned to CPU 0 (the real CLI, or a raw reference loop from
 `scripts/bench_raw.py`), stops the mock and reads its stats. CPU time and peak RSS of a
-client come from `os.wait4`. One Markdown table and the targets (PASS/MISS) are printed at
-the end; a full run (no --quick, --only, --s5-sizes or --s5-resume-rows) also writes them,
-with the run's conditions, into docs/performance.md between its markers.
+client come from `os.wait4`; for S6 and S7, CPU of the client's whole process tree (a local
+Ray's included, see LAUNCHER). One Markdown table and the targets (PASS/MISS) are printed
+at the end; a full run (no --quick, --only, --s5-sizes, --s5-resume-rows or --s6-rows) also
+writes them, with the run's conditions, into docs/performance.md between its markers.
 
     python scripts/bench.py [--quick] [--only S1,S3] [--repeat 3] [--json PATH]
-                            [--s5-sizes 100000,1000000] [--s5-resume-rows N] [--workdir DIR]
+                            [--s5-sizes 100000,1000000] [--s5-resume-rows N]
+                            [--s6-rows 20000] [--workdir DIR]
 
 S1 zero-latency throughput: CLI vs raw httpx vs raw aiohttp. S2 client told the server's
 limit (3,000 RPM, 400,000 TPM, 10 s sliding window, 50 ms latency). S3 injected 5xx, drops
@@ -17,7 +19,13 @@ and truncated bodies. S4a/S4b the limit not told, the server sends rate headers 
 learnt over several minutes (12,000 rows; the share of the limit is measured after the first
 two windows, and for the learning phase from 0 s and 60 s). S5 peak RSS over 100 k / 1 M /
 10 M Parquet rows, and a resume over 1 M stored rows (from the memo, then again row by row
-with the memo cleared). S8 a real gateway: the LiteLLM proxy (installed once into
+with the memo cleared). S6 the Ray engine (4 workers, `run.engine: ray`, a local Ray started
+by the run) beside the local engine, told the server's limit (3,000 RPM, 10 s sliding window,
+50 ms latency): the share of the limit after the first 10 s, and the 429s; 4,000 rows per
+engine (~80 s) where 20,000 are specified (--s6-rows 20000: ~7 minutes each). S7 the same
+two engines at zero latency and no limit: rows/s, CPU per 1k rows of the client and every
+process it starts, and Ray's fixed start-up cost (ray_start_s, wall less the server's span,
+CPU from a quarter-size run). S8 a real gateway: the LiteLLM proxy (installed once into
 .bench/litellm-VERSION/, a per-key limit set by a custom_auth module, its fixed 60 s window)
 in front of an unlimited mock, three cases (600 RPM told, 600 RPM not told, 9,000 TPM told),
 each beside the same case on the bench mock as the gateway (60 s sliding window, headers).
@@ -65,6 +73,7 @@ SERVER_START_S = 30.0
 SERVER_STOP_S = 30.0
 POLL_S = 0.01
 RSS_EVERY_S = 1.0
+TREE_CPU_EVERY_S = 0.25  # run_child(tree=True): /proc CPU samples of what rusage misses
 RPM, TPM, WINDOW_S, LATENCY_S = 3000, 400_000, 10, 0.05
 GIB_MB = 1024.0
 # S8: the LiteLLM proxy, installed once into its own venv under .bench/ (git-ignored)
@@ -78,8 +87,12 @@ PROXY_STOP_S = 30.0
 PROXY_KEY_ENV = "PIPELINE_BENCH_PROXY_KEY"  # set in the clients' environment
 PROXY_CLIENT_KEY = "sk-bench-client"  # any key passes the custom_auth below
 S8_RPM, S8_TPM, S8_CONCURRENCY, S8_WINDOW_S = 600, 9_000, 32, 60
-SCENARIOS = ("S1", "S2", "S3", "S4a", "S4b", "S4c", "S5", "S8")
+SCENARIOS = ("S1", "S2", "S3", "S4a", "S4b", "S4c", "S5", "S6", "S7", "S8")
 S4C_WINDOW_S = 60  # S4c: the server's sliding window; the share is counted after two of them
+RAY_WORKERS = 4  # S6, S7: `run.engine: ray` with this many worker actors on a local Ray
+ENGINES = ("local", "ray")
+S6_SPEC_ROWS = 20_000  # S6 as specified: ~6.7 minutes per engine at RPM; --s6-rows 20000
+S6_SKIP_S = 10  # S6: the share of the limit is counted after this long (steady part)
 
 FULL = {
     "S1": 20_000,
@@ -87,6 +100,8 @@ FULL = {
     "S3": 5_000,
     "S4": 3_000,
     "S4c": 12_000,
+    "S6": 4_000,  # 80 s per engine at RPM (S6_SPEC_ROWS behind --s6-rows)
+    "S7": 20_000,
     "S8": 1_500,
     "resume": 1_000_000,
 }
@@ -98,6 +113,8 @@ QUICK = {
     # 3.5 windows at the limit: the target counts the windows after the first two, so a run
     # of 9,000 rows (three windows) would leave none to count when the client keeps up
     "S4c": 10_500,
+    "S6": 1_500,  # 30 s per engine: two 10 s windows after the first 10 s
+    "S7": 10_000,
     "S8": 900,
     "resume": 1_000_000,
 }
@@ -139,6 +156,25 @@ class Verdict:
 
 
 @dataclass
+class Tree:
+    """A client and every process it started (e.g. a local Ray), counted as one.
+
+    `Child.cpu_s` is then `reaped_cpu_s + unreaped_cpu_s`; these split it and say how the
+    tree ended.
+    """
+
+    own_cpu_s: float  # the client process alone (read from /proc while it was a zombie)
+    client_cpu_s: float  # wait4 of the client: itself and the descendants it reaped itself
+    reaped_cpu_s: float  # rusage of every process reaped into the launcher (client included)
+    unreaped_cpu_s: float  # last sampled CPU of those whose parent ignored SIGCHLD
+    unreaped: int  # how many processes that was
+    gone_s: float  # from the client's exit until its last descendant was reaped
+    killed: list[str]  # descendants still there GRACE_S after the client exited: SIGKILLed
+    peak_pss_mb: float | None  # the highest sampled sum of PSS over the client's tree
+    peak_procs: int  # the most processes sampled in the tree at once
+
+
+@dataclass
 class Child:
     """A finished client process: exit code, wall time and its rusage."""
 
@@ -153,6 +189,7 @@ class Child:
     rss_series: list[tuple[float, float, float, float]] = field(default_factory=list)
     machine_busy_s: float | None = None  # CPU-s used on all CPUs by anything while it ran
     started_at: float = 0.0  # time.time() at spawn
+    tree: Tree | None = None  # run with tree=True: the client's whole process tree
 
     def rss_at(self, fraction: float) -> float | None:
         """RSS sampled at `fraction` of the run's wall time (None without samples)."""
@@ -182,8 +219,9 @@ class Child:
 
 
 def child_env() -> dict[str, str]:
-    """The environment for clients: no API key variable, no proxies; the S8 client key."""
-    drop = {UNSET_KEY_ENV, "http_proxy", "https_proxy", "all_proxy"}
+    """The environment for clients: no API key variable, no proxies, no RAY_ADDRESS (a
+    Ray run starts its own); the S8 client key."""
+    drop = {UNSET_KEY_ENV, "http_proxy", "https_proxy", "all_proxy", "ray_address"}
     env = {k: v for k, v in os.environ.items() if k.lower() not in drop and k not in drop}
     env["PYTHONPATH"] = str(ROOT)
     env[PROXY_KEY_ENV] = PROXY_CLIENT_KEY
@@ -200,9 +238,25 @@ def pin_client() -> None:
 # image into it), so forking from a harness holding a 10 M-row table would report the
 # harness's memory. The launcher (a bare interpreter, ~10 MB) forks and execs the client,
 # waits for it and writes its own wait4 figures: wall, user+sys CPU, peak RSS.
+#
+# With "tree" (a client that starts processes of its own, such as a local Ray: GCS, raylet,
+# agents, worker actors), the launcher is first made a child subreaper: a descendant whose
+# parent exits is re-parented to the launcher, not to init. A process's CPU reaches its
+# parent's RUSAGE_CHILDREN when it is reaped, so once the launcher has reaped the client and
+# every orphan left, its own RUSAGE_CHILDREN holds the CPU of every process that was reaped,
+# whoever reaped whom. Not of a process whose parent ignores SIGCHLD: the kernel reaps it at
+# once and drops its times. Ray's raylet does, so its worker actors, the budget actor and its
+# agents never reach any rusage; `TreeWatch` samples their CPU from /proc instead. The
+# launcher also reads the client's own CPU while the client is a zombie (/proc/PID/stat
+# utime + stime), lists the pids it reaped itself (orphans), and SIGKILLs, by pid,
+# descendants still there GRACE_S after the client exited.
 LAUNCHER = """
 import json, os, sys, time
-usage_path, pid_path, cmd = sys.argv[1], sys.argv[2], sys.argv[3:]
+usage_path, pid_path, tree, cmd = sys.argv[1], sys.argv[2], sys.argv[3] == "tree", sys.argv[4:]
+GRACE_S, TICK = 30.0, os.sysconf("SC_CLK_TCK")
+if tree:
+    import ctypes
+    ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
 started_at, started = time.time(), time.perf_counter()
 pid = os.fork()
 if pid == 0:
@@ -212,23 +266,68 @@ if pid == 0:
         os._exit(127)
 with open(pid_path, "w") as f:
     f.write(str(pid))
+def stat(p):
+    with open(f"/proc/{p}/stat") as f:
+        return f.read().rpartition(")")[2].split()
+usage = {}
+if tree:
+    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # a zombie now: its /proc stays
+    try:
+        fields = stat(pid)
+        usage["own_cpu_s"] = (int(fields[11]) + int(fields[12])) / TICK
+    except (OSError, ValueError, IndexError):
+        pass
 _, status, ru = os.wait4(pid, 0)
 wall = time.perf_counter() - started
+usage.update({"status": status, "wall_s": wall, "started_at": started_at,
+              "cpu_s": ru.ru_utime + ru.ru_stime, "maxrss_kb": ru.ru_maxrss})
+if tree:
+    import resource
+    exited, killed, seen, reaped = time.perf_counter(), [], set(), [pid]
+    while True:
+        try:
+            done = os.waitpid(-1, os.WNOHANG)[0]
+            if done:
+                reaped.append(done)
+                continue
+        except ChildProcessError:
+            break  # none left
+        if time.perf_counter() - exited > GRACE_S:
+            for entry in os.listdir("/proc"):
+                if not entry.isdigit() or int(entry) in seen:
+                    continue
+                try:
+                    fields = stat(entry)
+                    if int(fields[1]) == os.getpid():
+                        seen.add(int(entry))
+                        with open(f"/proc/{entry}/comm") as f:
+                            killed.append(f.read().strip())
+                        os.kill(int(entry), 9)
+                except (OSError, ValueError, IndexError):
+                    pass
+        time.sleep(0.02)
+    ru_tree = resource.getrusage(resource.RUSAGE_CHILDREN)
+    usage.update({"client_cpu_s": usage["cpu_s"], "cpu_s": ru_tree.ru_utime + ru_tree.ru_stime,
+                  "gone_s": time.perf_counter() - exited, "killed": killed, "reaped": reaped})
 with open(usage_path, "w") as f:
-    json.dump({"status": status, "wall_s": wall, "started_at": started_at,
-               "cpu_s": ru.ru_utime + ru.ru_stime, "maxrss_kb": ru.ru_maxrss}, f)
+    json.dump(usage, f)
 code = os.waitstatus_to_exitcode(status)
 sys.exit(code if code >= 0 else 128 - code)
 """
 
 
-def run_child(cmd: Sequence[str], logs: Path, timeout_s: float) -> Child:
-    """Run `cmd` pinned to CPU 0; wall time, user+sys CPU and peak RSS from `os.wait4`."""
+def run_child(cmd: Sequence[str], logs: Path, timeout_s: float, tree: bool = False) -> Child:
+    """Run `cmd` pinned to CPU 0; wall time, user+sys CPU and peak RSS from `os.wait4`.
+
+    `tree`: the CPU is that of every process `cmd` starts (see LAUNCHER), which inherit the
+    pinning, and the sum of their PSS is sampled beside the client's own RSS.
+    """
     out_path, err_path = logs.with_suffix(".out"), logs.with_suffix(".err")
     usage_path, pid_path = logs.with_suffix(".usage.json"), logs.with_suffix(".pid")
     for stale in (usage_path, pid_path):
         stale.unlink(missing_ok=True)
-    launcher = [PY, "-S", "-c", LAUNCHER, str(usage_path), str(pid_path)]
+    mode = "tree" if tree else "one"
+    launcher = [PY, "-S", "-c", LAUNCHER, str(usage_path), str(pid_path), mode]
     busy_before = machine_busy_s()
     with out_path.open("wb") as out, err_path.open("wb") as err:
         started = time.perf_counter()
@@ -244,6 +343,7 @@ def run_child(cmd: Sequence[str], logs: Path, timeout_s: float) -> Child:
         deadline = started + timeout_s
         timed_out = False
         series: list[tuple[float, float, float, float]] = []
+        watch = TreeWatch(proc.pid) if tree else None
         next_sample = started
         client_pid: int | None = None
         while proc.poll() is None:  # bounded by `timeout_s`
@@ -254,7 +354,11 @@ def run_child(cmd: Sequence[str], logs: Path, timeout_s: float) -> Child:
                 rss = current_rss_mb(client_pid)
                 if rss is not None:
                     series.append((round(now - started, 2), *rss))
+                if watch is not None:
+                    watch.sample_pss()
                 next_sample = now + RSS_EVERY_S
+            if watch is not None:
+                watch.sample_cpu(now)
             if now > deadline:
                 timed_out = True
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -266,6 +370,10 @@ def run_child(cmd: Sequence[str], logs: Path, timeout_s: float) -> Child:
     usage: dict[str, Any] = {}
     if usage_path.exists():
         usage = json.loads(usage_path.read_text())
+    found = None
+    if watch is not None and "client_cpu_s" in usage:
+        found = watch.tree(usage)
+        usage["cpu_s"] = found.reaped_cpu_s + found.unreaped_cpu_s
     return Child(
         rc=proc.returncode,
         wall_s=float(usage.get("wall_s", wall)),
@@ -279,7 +387,92 @@ def run_child(cmd: Sequence[str], logs: Path, timeout_s: float) -> Child:
         machine_busy_s=None
         if busy_before is None or busy_after is None
         else busy_after - busy_before,
+        tree=found,
     )
+
+
+class TreeWatch:
+    """Samples the processes under a launcher from /proc: the CPU of those rusage misses
+    (every TREE_CPU_EVERY_S; a process's last fraction of that is missed), the sum of PSS."""
+
+    def __init__(self, root: int) -> None:
+        self.root = root
+        self.unreaped: dict[int, float] = {}  # pid: CPU-s with its children, parent ignores
+        self.pss: list[tuple[float, int]] = []  # (MB, processes)
+        self._next_cpu = 0.0
+
+    def sample_cpu(self, now: float) -> None:
+        if now < self._next_cpu:
+            return
+        self._next_cpu = now + TREE_CPU_EVERY_S
+        table = proc_table()
+        for pid in descendants(self.root, table):
+            parent, cpu = table[pid]
+            if parent != self.root and ignores_sigchld(parent):
+                self.unreaped[pid] = cpu
+
+    def sample_pss(self) -> None:
+        total_kb, count = 0, 0
+        for pid in descendants(self.root, proc_table()):
+            with suppress(OSError, ValueError, IndexError):
+                for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                    if line.startswith("Pss:"):
+                        total_kb += int(line.split()[1])
+                        count += 1
+                        break
+        self.pss.append((total_kb / 1024.0, count))
+
+    def tree(self, usage: dict[str, Any]) -> Tree:
+        """The figures of the tree, from the launcher's usage file and the samples."""
+        reaped = set(usage.get("reaped", []))  # re-parented to the launcher and reaped there
+        lost = {pid: cpu for pid, cpu in self.unreaped.items() if pid not in reaped}
+        return Tree(
+            own_cpu_s=float(usage.get("own_cpu_s", usage["client_cpu_s"])),
+            client_cpu_s=float(usage["client_cpu_s"]),
+            reaped_cpu_s=float(usage["cpu_s"]),
+            unreaped_cpu_s=sum(lost.values()),
+            unreaped=len(lost),
+            gone_s=float(usage.get("gone_s", 0.0)),
+            killed=list(usage.get("killed", [])),
+            peak_pss_mb=max((mb for mb, _ in self.pss), default=None),
+            peak_procs=max((count for _, count in self.pss), default=0),
+        )
+
+
+def proc_table() -> dict[int, tuple[int, float]]:
+    """pid: (parent pid, CPU-s of the process and its reaped children), from /proc."""
+    table: dict[int, tuple[int, float]] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with suppress(OSError, ValueError, IndexError):
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            cpu = sum(int(value) for value in fields[11:15]) / tick  # u, s, cu, cs time
+            table[int(entry.name)] = (int(fields[1]), cpu)
+    return table
+
+
+def descendants(root: int, table: dict[int, tuple[int, float]]) -> list[int]:
+    """Every live descendant of process `root` (not `root`) in `table`."""
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    found, todo = [], list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found
+
+
+def ignores_sigchld(pid: int) -> bool:
+    """Whether `pid` ignores SIGCHLD: then its children's CPU times reach no rusage."""
+    with suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigIgn:"):
+                return bool(int(line.split()[1], 16) & (1 << (signal.SIGCHLD - 1)))
+    return False
 
 
 def machine_busy_s() -> float | None:
@@ -685,16 +878,22 @@ def paced_timeout(rows: int, rows_per_minute: float) -> float:
 
 
 def run_cli(
-    config: Path, logs: Path, rows: int, *overrides: str, timeout_s: float | None = None
+    config: Path,
+    logs: Path,
+    rows: int,
+    *overrides: str,
+    timeout_s: float | None = None,
+    tree: bool = False,
 ) -> Child:
     """`python -m pipeline run CONFIG --no-progress [--set ...]`, pinned to CPU 0.
 
-    Killed after `timeout_s` (default `cli_timeout(rows)`).
+    Killed after `timeout_s` (default `cli_timeout(rows)`). `tree`: see `run_child`.
     """
     cmd = [PY, "-m", "pipeline", "run", str(config), "--no-progress"]
     for item in overrides:
         cmd += ["--set", item]
-    return run_child(cmd, logs, cli_timeout(rows) if timeout_s is None else timeout_s)
+    timeout = cli_timeout(rows) if timeout_s is None else timeout_s
+    return run_child(cmd, logs, timeout, tree=tree)
 
 
 def client_line(
@@ -741,20 +940,32 @@ def rate_line(
     notes: list[str],
 ) -> Line:
     """The CLI's line of a rate-limit scenario: % of the limit, 429s, lost, twice, wrong."""
-    return client_line(
-        scenario,
-        "pipeline CLI",
-        rows,
-        child,
-        stats,
-        pct_limit=pct,
-        r429=stats.get("rate_limited"),
-        r429_share=share,
-        lost=lost,
-        twice=stats.get("answered_twice"),
-        wrong=wrong,
-        notes=notes,
+    values = rate_values(stats, pct, share, lost, wrong)
+    return client_line(scenario, "pipeline CLI", rows, child, stats, notes=notes, **values)
+
+
+def split_note(child: Child, small: Child, rows: int, small_rows: int) -> str:
+    """CPU split into a per-row (marginal) part and a fixed part, from a smaller run."""
+    marginal = (child.cpu_s - small.cpu_s) / (rows - small_rows)
+    fixed = child.cpu_s - marginal * rows
+    return (
+        f"marginal {1000 * marginal:.3f} CPU-s/1k + fixed {fixed:.2f} CPU-s "
+        f"(from a {small_rows:,}-row run)"
     )
+
+
+def rate_values(
+    stats: dict[str, Any], pct: float | None, share: float, lost: int, wrong: int
+) -> dict[str, Any]:
+    """A rate-limit line's figures: % of the limit, 429s (and their share), lost, twice, wrong."""
+    return {
+        "pct_limit": pct,
+        "r429": stats.get("rate_limited"),
+        "r429_share": share,
+        "lost": lost,
+        "twice": stats.get("answered_twice"),
+        "wrong": wrong,
+    }
 
 
 def timing_note(child: Child, stats: dict[str, Any]) -> str | None:
@@ -782,6 +993,67 @@ def cli_note(child: Child) -> list[str]:
     elif child.stderr.strip():
         notes.append("stderr: " + child.stderr.strip().splitlines()[-1][:120])
     return notes
+
+
+def engine_overrides(engine: str) -> list[str]:
+    """The `--set` items of `engine`: Ray with RAY_WORKERS workers on a local Ray it starts."""
+    if engine == "local":
+        return []
+    return ["run.engine=ray", f"run.ray.workers={RAY_WORKERS}"]
+
+
+def engine_client(engine: str) -> str:
+    """The table's client name of an S6/S7 run."""
+    if engine == "local":
+        return "pipeline CLI, local engine"
+    return f"pipeline CLI, Ray engine ({RAY_WORKERS} workers)"
+
+
+def engine_line(
+    scenario: str,
+    engine: str,
+    rows: int,
+    child: Child,
+    stats: dict[str, Any],
+    *,
+    notes: list[str],
+    **values: Any,
+) -> Line:
+    """An S6/S7 line: `client_line` with the tree's CPU (already in `child.cpu_s`), where
+    the time went, and for a tree of several processes the sum of their PSS as peak RSS."""
+    summary, tree = child.summary(), child.tree
+    shown = list(notes)
+    timing = timing_note(child, stats)
+    if timing:
+        shown.append(timing)
+    span = float(stats.get("span_s") or 0.0)
+    if span and child.rc == 0:
+        shown.append(f"fixed {child.wall_s - span:.2f} s (wall - server span)")
+    if summary.get("ray_start_s") is not None:
+        shown.append(f"ray_start_s {summary['ray_start_s']:.2f}")
+    if tree is not None and tree.peak_procs > 1:
+        shown.append(
+            f"CPU-s {child.cpu_s:.2f}: client process {tree.own_cpu_s:.2f}, its "
+            f"{tree.peak_procs - 1} others {child.cpu_s - tree.own_cpu_s:.2f} "
+            f"({tree.unreaped_cpu_s:.2f} of that read from /proc: {tree.unreaped} processes "
+            "whose parent ignores SIGCHLD)"
+        )
+    if tree is not None and tree.gone_s >= 0.5:
+        shown.append(f"its last process gone {tree.gone_s:.1f} s after it exited")
+    if tree is not None and tree.killed:
+        shown.append(f"WARNING: SIGKILLed leftovers {', '.join(tree.killed)}")
+    line = client_line(scenario, engine_client(engine), rows, child, stats, notes=shown, **values)
+    if tree is not None and tree.peak_procs > 1 and tree.peak_pss_mb is not None:
+        line.notes.append(
+            f"peak RSS: sampled sum of PSS over {tree.peak_procs} processes (wait4's "
+            f"largest single process {child.rss_mb:.0f} MB)"
+        )
+        line.rss_mb = tree.peak_pss_mb
+    line.extra["engine"] = engine
+    line.extra["summary"] = {k: summary.get(k) for k in ("engine", "workers", "ray_start_s")}
+    if tree is not None:
+        line.extra["tree"] = asdict(tree)
+    return line
 
 
 # --- rate-limit metrics ------------------------------------------------------------------
@@ -895,11 +1167,18 @@ class Bench:
     """Runs the scenarios; collects table lines and verdicts."""
 
     def __init__(
-        self, workdir: Path, quick: bool, s5_sizes: list[int], resume_rows: int, repeat: int = 1
+        self,
+        workdir: Path,
+        quick: bool,
+        s5_sizes: list[int],
+        resume_rows: int,
+        repeat: int = 1,
+        s6_rows: int | None = None,
     ):
         self.dir = workdir
         self.repeat = max(1, repeat)
         self.sizes = QUICK if quick else FULL
+        self.s6_rows = s6_rows or self.sizes["S6"]
         self.s5_sizes = s5_sizes
         self.resume_rows = resume_rows
         self.lines: list[Line] = []
@@ -947,12 +1226,7 @@ class Bench:
         small_source = make_table(self.dir / f"input_{small_rows}.csv", small_rows)
         small, _, _ = self._median(lambda: self._s1_cli("s1_small", small_source, small_rows))
         if small.rc == 0 and child.rc == 0:
-            marginal = (child.cpu_s - small.cpu_s) / (rows - small_rows)
-            fixed = child.cpu_s - marginal * rows
-            notes.append(
-                f"marginal {1000 * marginal:.3f} CPU-s/1k + fixed {fixed:.2f} CPU-s "
-                f"(from a {small_rows:,}-row run)"
-            )
+            notes.append(split_note(child, small, rows, small_rows))
         twice = stats.get("answered_twice")
         cli = self.add(
             client_line(
@@ -1274,6 +1548,126 @@ class Bench:
         self.add(line)
         return child, stats
 
+    # S6 ---------------------------------------------------------------------------------
+
+    def s6(self) -> None:
+        """The limit told, on the local engine and on Ray: share of it reached, 429s."""
+        rows = self.s6_rows
+        source = make_table(self.dir / f"input_{rows}.csv", rows)
+        scaled = None
+        if rows != S6_SPEC_ROWS:
+            scaled = f"S6 scaled from {S6_SPEC_ROWS:,} rows (--s6-rows {S6_SPEC_ROWS} for those)"
+        self.log(
+            f"S6: {rows:,} rows{f' ({scaled})' if scaled else ''}, {LATENCY_S * 1000:.0f} ms, "
+            f"limit {RPM} RPM in a {WINDOW_S} s sliding window told to the CLI; the local "
+            f"engine, then Ray with {RAY_WORKERS} workers"
+        )
+        found = {engine: self._s6_run(engine, source, rows, scaled) for engine in ENGINES}
+        pct, share, lost = found["ray"]
+        local_pct = found["local"][0]
+        shown = "n/a (run too short)" if pct is None else f"{pct:.1f}%"
+        if local_pct is not None:
+            shown += f" (local {local_pct:.1f}%)"
+        passed = pct is not None and pct >= 95.0
+        self.target("S6", f"Ray ≥ 95% of limit after {S6_SKIP_S} s", shown, passed)
+        self.target("S6", "Ray < 1% 429", f"{100 * share:.2f}%", share < 0.01)
+        self.target("S6", "Ray 0 lost", str(lost), lost == 0)
+
+    def _s6_run(
+        self, engine: str, source: Path, rows: int, scaled: str | None
+    ) -> tuple[float | None, float, int]:
+        """One engine's S6 run; its (% of limit after S6_SKIP_S, 429 share, lost)."""
+        name = f"s6_{engine}"
+        options = ["--latency", str(LATENCY_S), "--rpm", str(RPM), "--window", str(WINDOW_S)]
+        with mock_server(self.dir, name, *options) as mock:
+            config = write_config(self.dir, name, source, mock.base_url)
+            child = run_cli(
+                config,
+                self.dir / f"{name}_cli",
+                rows,
+                f"run.requests_per_minute={RPM}",
+                *engine_overrides(engine),
+                timeout_s=paced_timeout(rows, RPM),
+                tree=True,
+            )
+        stats = self.stats_of(name, mock)
+        lost, wrong = check_output(output_of(self.dir, name), rows)
+        pct = windowed_pct(stats, skip_s=S6_SKIP_S)
+        share = share_429(stats) or 0.0
+        notes = cli_note(child)
+        simple = simple_pct(stats, S6_SKIP_S)
+        if simple is not None:
+            notes.append(f"{simple:.1f}% admitted/span after {S6_SKIP_S} s")
+        notes.append(f"server span {stats.get('span_s', 0):.1f} s")
+        if pct is None:
+            notes.append(f"no full {WINDOW_S} s window after {S6_SKIP_S} s: run too short")
+        if scaled:
+            notes.append(scaled)
+        values = rate_values(stats, pct, share, lost, wrong)
+        self.add(engine_line("S6", engine, rows, child, stats, notes=notes, **values))
+        return pct, share, lost
+
+    # S7 ---------------------------------------------------------------------------------
+
+    def s7(self) -> None:
+        """Zero latency, no limit: rows/s and CPU of the local engine and of Ray, with Ray's
+        fixed start-up cost in seconds (wall) and in CPU (from a quarter-size run)."""
+        rows = self.sizes["S7"]
+        source = make_table(self.dir / f"input_{rows}.csv", rows)
+        small_rows = rows // 4
+        small_source = make_table(self.dir / f"input_{small_rows}.csv", small_rows)
+        self.log(
+            f"S7: {rows:,} rows (and {small_rows:,} for the fixed CPU), zero latency, no limit; "
+            f"the local engine, then Ray with {RAY_WORKERS} workers; {self.repeat} run(s) "
+            f"each; the client and every process it starts pinned to CPU {CLIENT_CPU}"
+        )
+        lines: dict[str, Line] = {}
+        for engine in ENGINES:
+            name = f"s7_{engine}"
+            child, stats, runs = self._median(partial(self._s7_cli, engine, name, source, rows))
+            lost, wrong = check_output(output_of(self.dir, name), rows)
+            notes = [*cli_note(child), server_note(stats), *runs]
+            span = float(stats.get("span_s") or 0.0)
+            if span:
+                notes.append(f"steady {rows / span:,.0f} rows/s (rows / server span)")
+            small_name = f"{name}_small"
+            small, _, _ = self._median(
+                partial(self._s7_cli, engine, small_name, small_source, small_rows)
+            )
+            if small.rc == 0 and child.rc == 0:
+                notes.append(split_note(child, small, rows, small_rows))
+            lines[engine] = self.add(
+                engine_line(
+                    "S7",
+                    engine,
+                    rows,
+                    child,
+                    stats,
+                    lost=lost,
+                    twice=stats.get("answered_twice"),
+                    wrong=wrong,
+                    notes=notes,
+                )
+            )
+        ray = lines["ray"]
+        bad = (ray.lost or 0) + (ray.wrong or 0) + (ray.twice or 0)
+        self.target(
+            "S7",
+            "Ray 0 lost, 0 wrong, 0 twice",
+            f"{ray.lost} lost, {ray.wrong} wrong, {ray.twice} twice",
+            bad == 0,
+        )
+
+    def _s7_cli(
+        self, engine: str, name: str, source: Path, rows: int
+    ) -> tuple[Child, dict[str, Any]]:
+        with mock_server(self.dir, name) as mock:
+            config = write_config(self.dir, name, source, mock.base_url)
+            child = run_cli(
+                config, self.dir / f"{name}_cli", rows, *engine_overrides(engine), tree=True
+            )
+        return child, self.stats_of(name, mock)
+
     # S8 ---------------------------------------------------------------------------------
 
     def s8(self) -> None:
@@ -1558,7 +1952,7 @@ def write_docs(block: str, path: Path = DOCS) -> None:
 
 def full_run(args: argparse.Namespace) -> bool:
     """Every scenario at its full size: the run docs/performance.md reports."""
-    return not (args.only or args.quick or args.s5_sizes or args.s5_resume_rows)
+    return not (args.only or args.quick or args.s5_sizes or args.s5_resume_rows or args.s6_rows)
 
 
 def run_conditions(bench: Bench, argv: list[str], seconds: float) -> list[str]:
@@ -1595,9 +1989,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--s5-sizes", help="comma-separated S5 row counts")
     parser.add_argument("--s5-resume-rows", type=int, default=None, help="default 1,000,000")
+    parser.add_argument(
+        "--s6-rows",
+        type=int,
+        default=None,
+        help=f"S6 rows per engine: default {FULL['S6']:,} (--quick {QUICK['S6']:,}); "
+        f"{S6_SPEC_ROWS} is the specified size, ~7 minutes per engine",
+    )
     parser.add_argument("--workdir", type=Path, help="keep inputs, outputs, logs here")
     parser.add_argument(
-        "--repeat", type=int, default=1, help="S1: run each client N times, keep the median"
+        "--repeat", type=int, default=1, help="S1, S7: run each client N times, keep the median"
     )
     return parser.parse_args(argv)
 
@@ -1631,7 +2032,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = QUICK if args.quick else FULL
     resume_rows = args.s5_resume_rows or sizes["resume"]
     with workdir_at(args.workdir) as workdir:
-        bench = Bench(workdir, args.quick, s5_sizes, resume_rows, args.repeat)
+        bench = Bench(workdir, args.quick, s5_sizes, resume_rows, args.repeat, args.s6_rows)
         bench.log(f"workdir {workdir}; scenarios {','.join(chosen)}")
         started = time.monotonic()
         for scenario in SCENARIOS:
