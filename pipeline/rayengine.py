@@ -194,6 +194,7 @@ class _Slot:
     actor: Any
     share: int
     held: dict[str, Work] = field(default_factory=dict)  # handed to it, not done
+    outbox: list[Work] = field(default_factory=list)  # held, to go with the next poll
     alive: bool = True
 
 
@@ -293,6 +294,7 @@ class RayPool:
         self._flushing = False
         live = [slot for slot in self._slots if slot.alive]
         batches: dict[_Slot, list[Work]] = {}
+        idle = {slot for slot in live if not slot.held}  # no poll of theirs will come back soon
         while self._queue and live:
             slot = min(live, key=lambda s: len(s.held) / s.share)
             if len(slot.held) >= slot.share * QUEUED_PER_SLOT:
@@ -301,9 +303,12 @@ class RayPool:
             slot.held[work[0].key] = work
             batches.setdefault(slot, []).append(work)
         for slot, works in batches.items():
-            self._watch(slot.actor.take.remote(works), slot, works)
-            self.calls["batches"] += 1
             self.calls["handed"] += len(works)
+            if slot in idle:
+                self._watch(slot.actor.take.remote(works), slot, works)
+                self.calls["batches"] += 1
+            else:
+                slot.outbox.extend(works)  # with the next poll: one call, not two
 
     def _watch(self, ref: Any, slot: _Slot | None = None, works: list[Work] | None = None) -> None:
         """Await a call's answer in the background; a batch a lost worker never took goes
@@ -326,12 +331,14 @@ class RayPool:
         errors = self._ray.exceptions.RayError
         acked, lost_since = 0, None
         while True:
+            works, slot.outbox = slot.outbox, []
             try:
-                drained = await slot.actor.drain.remote(acked, POLL_S)
+                drained = await slot.actor.drain.remote(acked, POLL_S, works)
             except errors as exc:
                 acked = 0  # a restarted worker counts from the start
                 lost = list(slot.held.values())
                 slot.held.clear()
+                slot.outbox.clear()
                 self._requeue(slot, lost, exc)
                 lost_since = lost_since or time.monotonic()
                 if time.monotonic() - lost_since > LOST_S:

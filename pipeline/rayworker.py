@@ -29,7 +29,8 @@ from .triage import Work
 
 PUT = "put"  # an answer (or failure) to store; the worker waits for its ack
 DONE = "done"  # a request's final result for its rows
-GATHER_S = 0.005  # a poll that finds little waits this long for more (a request waits it once)
+GATHER_S = 0.05  # a poll with little news waits this long for more: fewer calls, each answer
+# acked (its slot freed) at most this much later
 FINAL = "final"  # both at once: a request's one answer, to store and give its rows
 
 
@@ -71,20 +72,30 @@ class Worker:
         for work in works:
             await pool.submit(work, 1)
 
-    async def drain(self, acked: int, wait_s: float) -> Drained:
-        """Free the slots of events up to `acked` (stored), then hand over what is new,
-        waiting up to `wait_s` for something to happen."""
+    async def drain(self, acked: int, wait_s: float, works: list[Work] | None = None) -> Drained:
+        """Free the slots of events up to `acked` (stored), queue `works`, then hand over
+        what is new: at once when a good part of the slots have news, else GATHER_S after
+        the first news, or after `wait_s` if nothing happens."""
         for seq in [s for s in self._acks if s <= acked]:
             future = self._acks.pop(seq)
             if not future.done():
                 future.set_result(None)
+        if works:
+            await self.take(works)
         news = self._news = self._news or asyncio.Event()
-        if not self._events and wait_s > 0:
+        loop = asyncio.get_running_loop()
+        end, gathered = loop.time() + wait_s, 0.0
+        while wait_s > 0:
+            now = loop.time()
+            if self._events:
+                gathered = gathered or now + GATHER_S
+                if len(self._events) >= max(1, self._share // 2) or now >= gathered:
+                    break
+            elif now >= end:
+                break
+            news.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(news.wait(), wait_s)
-        if 0 < len(self._events) < self._share // 2 and wait_s > 0:
-            await asyncio.sleep(GATHER_S)  # a few more answers in the same poll: fewer calls
-        news.clear()
+                await asyncio.wait_for(news.wait(), (gathered or end) - now)
         events, self._events = self._events, []
         return Drained(events, self._spent(), self.sender.stop_reason if self.sender else None)
 
