@@ -135,7 +135,7 @@ async def run(
     batch = config.run.mode == "batch" and not offline
     try:
         if config.run.engine == "ray" and not offline:
-            from .rayengine import import_ray  # a missing install is said before anything else
+            from .raycluster import import_ray  # a missing install is said before anything else
 
             import_ray()
         if config.input.repo is not None:
