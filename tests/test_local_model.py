@@ -78,11 +78,11 @@ def _write_config(tmp_path: Path, base_url: str) -> Path:
     return path
 
 
-def _run_cli(config: Path) -> subprocess.CompletedProcess[str]:
-    """Run `python -m pipeline run CONFIG`, capturing its output."""
+def _run_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run `python -m pipeline run CONFIG [ARGS]`, capturing its output."""
     env = {**os.environ, "LOCAL_MODEL_KEY": "unused"}
     return subprocess.run(
-        [sys.executable, "-m", "pipeline", "run", str(config)],
+        [sys.executable, "-m", "pipeline", "run", str(config), *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -120,3 +120,19 @@ def test_cli_against_local_model(base_url: str, tmp_path: Path) -> None:
     second = _run_cli(config)
     assert second.returncode == 0, f"stdout:\n{second.stdout}\nstderr:\n{second.stderr}"
     assert _summary(second.stdout)["requests_sent"] == 0
+
+
+def test_the_ray_engine_gets_the_local_engines_answers_from_the_real_model(
+    base_url: str, tmp_path: Path
+) -> None:
+    """Workers on a local Ray send to the real server: at temperature 0, the same answers."""
+    pytest.importorskip("ray", reason="the `ray` extra is not installed (make test installs it)")
+    answers = {}
+    for engine in ("local", "ray"):
+        folder = tmp_path / engine
+        folder.mkdir()
+        ran = _run_cli(_write_config(folder, base_url), "--set", f"run.engine={engine}")
+        assert ran.returncode == 0, f"stdout:\n{ran.stdout}\nstderr:\n{ran.stderr}"
+        assert _summary(ran.stdout)["engine"] == engine
+        answers[engine] = pl.read_parquet(folder / "out.parquet")["category"].to_list()
+    assert answers["ray"] == answers["local"]
