@@ -3,8 +3,8 @@
 The heat map of a confusion matrix, the scatter of the variants' accuracy against projected
 cost (round ticks, a log scale when the costs span ten times or more), a run's bar of row
 statuses and its bars of answers per label. Each returns an `<svg>` element as text, with
-every label from the data escaped and long ones cut, their whole text in a tooltip; report.py
-places them on the page.
+every label from the data escaped and long ones cut, their whole text in a tooltip; report.py and
+comparereport.py place them on their pages.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Text of the report pages: a value from the data as escaped HTML, a number as shown.
 
-Shared by the page (report.py) and its SVG charts (charts.py), so that every value is
-escaped and every figure formatted by the same few functions.
+Shared by the pages (report.py, comparereport.py) and their SVG charts (charts.py), so that
+every value is escaped and every figure formatted by the same few functions.
 """
 
 from __future__ import annotations

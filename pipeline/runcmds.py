@@ -138,7 +138,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(json.dumps(report, ensure_ascii=False))
     print(format_compare(report), file=sys.stderr)
     if args.report:
-        from .report import compare_report, write_report
+        from .comparereport import compare_report
+        from .report import write_report
 
         write_report(Path(args.report), compare_report(report))
         print(f"wrote {args.report}", file=sys.stderr)

@@ -20,8 +20,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline.comparereport import compare_report
 from pipeline.evaluate import score
-from pipeline.report import DASH, compare_report, run_report, write_report
+from pipeline.report import DASH, run_report, write_report
 from pipeline.summary import Summary
 
 ROOT = Path(__file__).resolve().parent.parent
