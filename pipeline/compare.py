@@ -21,12 +21,12 @@ from typing import Any
 
 import polars as pl
 
+from .agreement import agreement, cohen_kappa, percentile
 from .answers import META_COLUMNS
 from .catalog import price
 from .config import Config
 from .configfile import load
 from .errors import ConfigError, LockError, PipelineError
-from .evaluate import agreement, cohen_kappa, percentile
 from .parse import Parser
 from .progress import Progress
 from .runner import model_price, open_input, open_source

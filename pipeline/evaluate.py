@@ -22,12 +22,12 @@ booleans, null to null, objects and arrays element-wise (a JSON string on one si
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from .agreement import as_text, canon, json_equal, missing
 from .parse import bare_label, label_key, norm_label
 from .records import FAILED, INVALID, OK, PENDING, SKIPPED
 
@@ -182,10 +182,10 @@ def score(
         return _score_labels(base, scored, labels or ())
     if kind == "json":
         return _score_json(base, scored, fields)
-    correct = sum(  # _canon(None) is None, never the form of a gold string
+    correct = sum(  # canon(None) is None, never the form of a gold string
         1
         for status, answer, gold_text in scored
-        if status == OK and _canon(_text(answer)) == _canon(gold_text)
+        if status == OK and canon(as_text(answer)) == canon(gold_text)
     )
     return replace(base, correct=correct, accuracy=_ratio(correct, len(scored)))
 
@@ -207,7 +207,7 @@ def _score_labels(
 
     pairs: list[tuple[str, str | None]] = []  # (gold key, answered key or None)
     for status, answer, expected in scored:
-        text = _text(answer) if status == OK else None
+        text = as_text(answer) if status == OK else None
         pairs.append((key(expected), None if text is None else key(text)))
     index = {k: i for i, k in enumerate(names)}
     matrix = [[0] * (len(names) + 1) for _ in names]
@@ -304,7 +304,7 @@ def _score_json(
         for name, value in expected.items():
             order.setdefault(name)
             totals[name] += 1
-            if name in given and _equal(given[name], value):
+            if name in given and json_equal(given[name], value):
                 hits[name] += 1
             else:
                 every = False
@@ -322,9 +322,9 @@ def _gold_reader(kind: str, fields: Sequence[str] | None) -> Callable[[Any], Any
     wanted = None if fields is None else set(fields)
 
     def text(cell: Any) -> Any:
-        if _missing(cell):
+        if missing(cell):
             return _NULL
-        value = _text(cell)
+        value = as_text(cell)
         if value is None:
             return _BAD
         if not value.strip():
@@ -332,7 +332,7 @@ def _gold_reader(kind: str, fields: Sequence[str] | None) -> Callable[[Any], Any
         return _BAD if kind == "label" and not norm_label(value) else value
 
     def obj(cell: Any) -> Any:
-        if _missing(cell) or (isinstance(cell, str) and not cell.strip()):
+        if missing(cell) or (isinstance(cell, str) and not cell.strip()):
             return _NULL
         if isinstance(cell, str):
             try:
@@ -347,118 +347,6 @@ def _gold_reader(kind: str, fields: Sequence[str] | None) -> Callable[[Any], Any
         return held or _BAD
 
     return obj if kind == "json" else text
-
-
-# --- comparing two answer columns ---------------------------------------------------------
-
-
-def agreement(a: Sequence[Any], b: Sequence[Any]) -> float | None:
-    """The share of rows with equal answers, over the rows where both have an answer.
-
-    Equal as `score` compares JSON values (strings by case and whitespace, 1 == 1.0); None
-    when no row has an answer in both.
-    """
-    pairs = _answered_pairs(a, b)
-    if not pairs:
-        return None
-    return sum(1 for x, y in pairs if x == y) / len(pairs)
-
-
-def cohen_kappa(a: Sequence[Any], b: Sequence[Any]) -> float | None:
-    """Cohen's kappa of two label columns, over the rows where both have an answer.
-
-    (p_o - p_e) / (1 - p_e), computed as (n*agree - S) / (n*n - S) with S the sum over
-    categories of the two counts' product, so it is exact and symmetric. None when undefined:
-    no row answered by both, or both gave one and the same category on every row (p_e = 1).
-    """
-    pairs = _answered_pairs(a, b)
-    n = len(pairs)
-    count_a = Counter(x for x, _ in pairs)
-    count_b = Counter(y for _, y in pairs)
-    chance = sum(count_a[k] * count_b[k] for k in count_a)
-    if n * n == chance:  # also n == 0
-        return None
-    agree = sum(1 for x, y in pairs if x == y)
-    return (n * agree - chance) / (n * n - chance)
-
-
-def percentile(values: Iterable[float | None], p: float) -> float | None:
-    """The p-th percentile (0-100), interpolated linearly between the two nearest ranks.
-
-    As numpy's default: rank p/100 * (n-1) in the sorted values. None and NaN are left out;
-    None when no value is left.
-    """
-    if not 0 <= p <= 100:
-        raise ValueError(f"percentile p must be within 0 and 100, not {p}")
-    data = sorted(v for v in values if v is not None and not math.isnan(v))
-    if not data:
-        return None
-    rank = (len(data) - 1) * p / 100
-    low = math.floor(rank)
-    high = min(low + 1, len(data) - 1)
-    return data[low] + (data[high] - data[low]) * (rank - low)
-
-
-def _answered_pairs(a: Sequence[Any], b: Sequence[Any]) -> list[tuple[Any, Any]]:
-    if len(a) != len(b):
-        raise ValueError(f"the two answer columns differ in length: {len(a)}, {len(b)}")
-    return [
-        (_canon(x), _canon(y))
-        for x, y in zip(a, b, strict=True)
-        if not _missing(x) and not _missing(y)
-    ]
-
-
-# --- normalising values -------------------------------------------------------------------
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def _text(value: Any) -> str | None:
-    """A label or text cell as a string: numbers and booleans as written in JSON; else None."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float) and not _missing(value):
-        return str(int(value)) if value.is_integer() else repr(value)
-    return None
-
-
-def _canon(value: Any) -> Any:
-    """A hashable form of a value in which equal-after-normalising values are equal."""
-    if _missing(value):
-        return None
-    if isinstance(value, bool):
-        return ("bool", value)
-    if isinstance(value, int):
-        return ("num", value)
-    if isinstance(value, float):
-        return ("num", int(value) if value.is_integer() else value)
-    if isinstance(value, str):
-        return ("str", " ".join(value.split()).casefold())
-    if isinstance(value, Mapping):
-        items = sorted(((str(k), _canon(v)) for k, v in value.items()), key=lambda kv: kv[0])
-        return ("obj", tuple(items))
-    if isinstance(value, list | tuple):
-        return ("arr", tuple(_canon(v) for v in value))
-    return ("other", repr(value))
-
-
-def _equal(answer: Any, expected: Any) -> bool:
-    """Whether a JSON answer value matches the gold value; an object as JSON text is read."""
-    try:
-        if isinstance(answer, str) and isinstance(expected, Mapping | list):
-            answer = json.loads(answer)
-        elif isinstance(expected, str) and isinstance(answer, Mapping | list):
-            expected = json.loads(expected)
-        return bool(_canon(answer) == _canon(expected))
-    except (ValueError, RecursionError):
-        return False
 
 
 def _ratio(part: int, whole: int) -> float | None:

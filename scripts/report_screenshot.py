@@ -24,8 +24,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from pipeline.agreement import agreement, cohen_kappa  # noqa: E402
 from pipeline.comparereport import compare_report  # noqa: E402
-from pipeline.evaluate import agreement, cohen_kappa, score  # noqa: E402
+from pipeline.evaluate import score  # noqa: E402
 
 OUT = ROOT / "docs" / "images" / "compare-report.png"
 WINDOW = (1280, 2000)  # the browser test's window

@@ -13,17 +13,15 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from pipeline import evaluate, parse
+from pipeline.agreement import agreement, cohen_kappa, missing, percentile
 from pipeline.config import OutputConfig
 from pipeline.evaluate import (
     NO_ANSWER,
     Evaluation,
     FieldScore,
     LabelScore,
-    agreement,
-    cohen_kappa,
     label_key,
     merge,
-    percentile,
     score,
 )
 from pipeline.parse import norm_label
@@ -454,7 +452,7 @@ def test_kappa_and_agreement_are_symmetric(pairs: list[tuple[str | None, str | N
 
 @given(st.lists(st.none() | scalars))
 def test_agreement_with_itself_is_one(column: list[Any]) -> None:
-    assume(any(not evaluate._missing(v) for v in column))
+    assume(any(not missing(v) for v in column))
     assert agreement(column, column) == 1.0
 
 
