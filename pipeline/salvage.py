@@ -19,7 +19,7 @@ from typing import Any
 
 from .errors import OutputError, StoreError
 from .lock import Lock
-from .store import COLUMNS, connect, integrity, is_damage, migrate, store_error
+from .storedb import COLUMNS, connect, integrity, is_damage, migrate, store_error
 
 _KEY_BYTES = 24  # keys are told apart on this many leading bytes while stepping past damage
 _SIDE_FILES = ("-wal", "-shm")

@@ -19,7 +19,8 @@ from pipeline.errors import LockError, OutputError, StoreError
 from pipeline.lock import Lock
 from pipeline.records import FAILED, OK, Result
 from pipeline.salvage import check, salvage
-from pipeline.store import MIGRATIONS, Store, Writer
+from pipeline.store import Store, Writer
+from pipeline.storedb import MIGRATIONS
 
 
 @pytest.fixture
