@@ -10,9 +10,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .budget import Ledger
@@ -56,14 +59,31 @@ class Cluster:
     workers: list[Any]
     shares: list[int]
     seconds: float = 0.0  # from the start to every worker ready
+    temp_dir: str | None = None  # a local Ray's sessions and logs, removed when it stops
 
     def stop(self) -> None:
-        """Kill the actors; stop the local Ray if this run started it."""
+        """Kill the actors; stop the local Ray if this run started it, and remove its files."""
         for actor in [*self.workers, self.ledger]:
             with contextlib.suppress(Exception):
                 self.ray.kill(actor)
         if self.started:
             self.ray.shutdown()
+        _remove(self.temp_dir)
+
+
+def _remove(temp_dir: str | None) -> None:
+    if temp_dir is not None:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _local_temp_dir() -> str:
+    """A folder of this run's own for a local Ray, in `RAY_TMPDIR` or /tmp like Ray's own.
+
+    Not in TMPDIR: Ray puts Unix sockets in it, and a socket's path must stay under about
+    100 bytes (a TMPDIR such as macOS's /var/folders/... is too long).
+    """
+    base = os.environ.get("RAY_TMPDIR") or ("/tmp" if Path("/tmp").is_dir() else None)
+    return tempfile.mkdtemp(prefix="pipeline-ray-", dir=base)
 
 
 def start(config: Config, api_key: str | None, price: Price | None) -> Cluster:
@@ -78,15 +98,22 @@ def start(config: Config, api_key: str | None, price: Price | None) -> Cluster:
         "log_to_driver": False,
         "logging_level": logging.ERROR,  # not its notes on token auth and restarts
     }
+    temp_dir = _local_temp_dir() if address is None else None
     try:
         if address is None:
-            ray.init(address="local", object_store_memory=LOCAL_OBJECT_STORE, **quiet)
+            ray.init(
+                address="local",
+                object_store_memory=LOCAL_OBJECT_STORE,
+                _temp_dir=temp_dir,
+                **quiet,
+            )
         else:
             ray.init(address=address, **quiet)
     except Exception as exc:
+        _remove(temp_dir)
         where = address or "a local Ray"
         raise ConfigError(f"run.ray.address: cannot start or reach {where}: {exc}") from exc
-    cluster = Cluster(ray, address is None, address or "local", None, [], [])
+    cluster = Cluster(ray, address is None, address or "local", None, [], [], temp_dir=temp_dir)
     try:
         _place(cluster, config, api_key, price)
         ray.get([w.drain.remote(0, 0) for w in cluster.workers], timeout=120)

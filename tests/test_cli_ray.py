@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -104,9 +105,12 @@ def ran_ok(ran: Ran) -> None:
 
 
 def test_ray_writes_what_local_writes_and_either_engine_finishes_the_others_job(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rows, distinct = 300, 260
+    # A short folder (Ray's socket paths must stay short) where each local Ray keeps its files.
+    ray_files = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    monkeypatch.setenv("RAY_TMPDIR", str(ray_files))
     with FakeServer() as server:
         make_table(tmp_path / "local", rows, distinct)
         ran_ok(run_cli("run", str(job(tmp_path / "local", server)), env=ENV))
@@ -134,6 +138,8 @@ def test_ray_writes_what_local_writes_and_either_engine_finishes_the_others_job(
             assert ray_run.summary["ray_start_s"] > 0
             assert "workers 2" in ray_run.stderr  # the progress's last line says how many
     assert (tmp_path / "ray-then-local/out/answers.first-120.parquet").exists()
+    assert list(ray_files.iterdir()) == []  # each run removed its Ray's sessions and logs
+    ray_files.rmdir()
 
 
 def test_the_workers_share_one_budget_under_the_servers_limit(tmp_path: Path) -> None:
