@@ -1,8 +1,7 @@
 """Limiter stage: paces requests under requests/minute and tokens/minute budgets.
 
-Each budget is a GCRA token bucket ("theoretical arrival time"): requests leave evenly
-spaced, never as a burst at the top of a minute. Tokens are reserved from the estimate
-before sending and settled with the response's `usage`.
+Each budget is a GCRA bucket (`budgetmath.Bucket`): requests leave evenly spaced. Tokens are
+reserved from the estimate before sending and settled with the response's `usage`.
 
 The server's rate-limit headers (any dialect `ratelimit.py` reads) set or tighten the budgets
 from the first response on; what was sent before that response is charged to the new budget,
@@ -12,11 +11,10 @@ that runs out pauses everyone until one unit frees.
 A 429 pauses every worker until the server's `Retry-After` / reset (or a doubling pause when
 it says nothing) and lowers the rate, which then climbs back. Fixed windows (LiteLLM's 60 s,
 IETF `w=`): a `Retry-After` as long as the whole window says nothing of when the window under
-way ends, so the run resumes at the reset its answers show instead: a window begins with the
-run's first request, with the first answer after a 429, or where `remaining` jumps back up.
+way ends, so the run resumes at the reset its answers show instead (`budgetmath.Window`).
 If a request sent at that estimated reset gets a 429 too, the estimate is dropped and short
 doubling pauses probe for the reset. With no budget known, each burst of 429s sets one from
-the rate the server accepted over the run (up to the last two minutes): the limit is learned,
+the rate the server accepted over the run (`budgetmath.Accepted`): the limit is learned,
 whatever the length of the server's window.
 
 A 429 pause logs one line when it begins and one when it ends, however many 429s it holds;
@@ -30,10 +28,10 @@ import asyncio
 import logging
 import math
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from .budgetmath import RESET_GUARD_S, Accepted, Bucket, Window, free_in
 from .ratelimit import Budget, RateHeaders
 
 log = logging.getLogger(__name__)
@@ -49,94 +47,10 @@ RECOVERY_STEP = 0.05  # rate fraction regained per quiet RECOVERY_S
 RECOVERY_S = 2.0
 DEFAULT_PAUSE_S = 1.0  # pause after a 429 that names no wait; doubles while 429s go on
 MAX_PAUSE_S = 4.0  # a probe every few seconds while the server keeps saying 429
-HORIZON_S = 120.0  # the accepted rate is measured over the run, at most this far back
-MIN_SPAN_S = 1.0  # ... and over at least this long
-MIN_ACCEPTED = 5  # fewer answers than this: too little to learn a limit from
 BOOKED_NOTE_S = 1.0  # a budget booked this far ahead is what the run waits for: `waiting` says so
 WHOLE_WINDOW = 0.9  # a Retry-After this share of a fixed window or more names no reset
-RESET_GUARD_S = 0.1  # resume this long after a fixed window's estimated reset
 LOGGED_PAUSE_S = 2.0  # a spent budget's pause this long or longer is logged, begin and end
 REFUSED_STOP_S = 600.0  # only 429s for this long (no answer at all): a spent quota, stop
-
-
-class _Bucket:
-    """One GCRA budget of `per_minute` units."""
-
-    def __init__(self, per_minute: float) -> None:
-        self.per_minute = per_minute
-        self.tat = 0.0  # when the budget is next free
-
-    def reserve(self, units: float, now: float, factor: float) -> float:
-        """Reserve `units`; return when they may be spent."""
-        start = max(self.tat, now)
-        self.tat = start + units * 60.0 / (self.per_minute * factor)
-        return start
-
-    def refund(self, units: float, factor: float) -> None:
-        self.tat -= units * 60.0 / (self.per_minute * factor)
-
-
-class _Accepted:
-    """Answers per whole second over the last HORIZON_S: the rate the server accepted."""
-
-    def __init__(self) -> None:
-        self.first: float | None = None
-        self.seconds: deque[list[int]] = deque()  # [second, answers]
-
-    def add(self, now: float, answers: int = 1) -> None:
-        if self.first is None:
-            self.first = now
-        second = math.floor(now)
-        if self.seconds and self.seconds[-1][0] == second:
-            self.seconds[-1][1] += answers
-            return
-        self.seconds.append([second, answers])
-        while self.seconds[0][0] < second - HORIZON_S:
-            self.seconds.popleft()
-
-    def per_minute(self, now: float) -> float | None:
-        """Answers per minute since the first (at most HORIZON_S back); None: too few."""
-        if self.first is None:
-            return None
-        span = min(HORIZON_S, max(MIN_SPAN_S, now - self.first))
-        answers = sum(n for second, n in self.seconds if second + 1 > now - span)
-        return answers * 60.0 / span if answers >= MIN_ACCEPTED else None
-
-
-class _Window:
-    """A fixed window of the server's: its length, and when the one under way began."""
-
-    def __init__(self) -> None:
-        self.length: float | None = None
-        self.start: float | None = None
-        self.remaining: float | None = None  # the last answer's, to see a reset
-        self.resumed_at: float | None = None  # when the run resumed at an estimated reset
-        self.blocked: float | None = None  # the latest send refused with a 429, until an answer
-
-    def reset(self, now: float) -> float | None:
-        """When the window under way ends, if its start is known."""
-        if self.length is None or self.start is None:
-            return None
-        return self.start + max(1, math.ceil((now - self.start) / self.length)) * self.length
-
-    def answered(self, budget: Budget, sent_at: float, first_sent: float, sent: float) -> None:
-        """An answer to a request sent at `sent_at`: a window began if it came after a 429
-        or if `remaining` jumped back up. The first answer tells whether the run's first
-        request began the window (`sent` units sent so far account for all that is used)."""
-        if budget.window_s:
-            self.length = budget.window_s
-        if self.blocked is not None and sent_at > self.blocked:  # sent after the refusal
-            self.start, self.blocked, self.resumed_at = sent_at, None, None
-        remaining, before = budget.remaining, self.remaining
-        if remaining is None or not budget.limit:
-            return
-        quota = budget.limit * (self.length or 60.0) / 60.0
-        if before is None:
-            if quota - remaining <= 2 * sent + 2:
-                self.start = first_sent
-        elif remaining > before + max(2.0, quota / 4):
-            self.start = sent_at
-        self.remaining = remaining
 
 
 class Pacer(Protocol):
@@ -175,8 +89,8 @@ class Limiter:
         margin: float = MARGIN,
     ) -> None:
         self._margin = margin
-        self._requests = _Bucket(requests_per_minute * margin) if requests_per_minute else None
-        self._tokens = _Bucket(tokens_per_minute * margin) if tokens_per_minute else None
+        self._requests = Bucket(requests_per_minute * margin) if requests_per_minute else None
+        self._tokens = Bucket(tokens_per_minute * margin) if tokens_per_minute else None
         self._told = (requests_per_minute, tokens_per_minute)
         self._clock = clock
         self._sleep = sleep
@@ -187,8 +101,8 @@ class Limiter:
         self._burst_pause = DEFAULT_PAUSE_S  # this burst's
         self.rate_limited = 0
         self._learning = requests_per_minute is None
-        self._accepted = _Accepted()  # answers while learning
-        self._window = _Window()
+        self._accepted = Accepted()  # answers while learning
+        self._window = Window()
         self._answered_at = clock()  # the last answer (or the start): `refused_for`
         self._first_sent: float | None = None
         self._sent = 0  # requests and estimated tokens sent, to charge a budget learned late
@@ -302,15 +216,15 @@ class Limiter:
         self._pause_for(rate.tokens, now, "tokens")
 
     def _adopt(
-        self, bucket: _Bucket | None, limit: float | None, told: float | None, per_request: int
-    ) -> _Bucket | None:
+        self, bucket: Bucket | None, limit: float | None, told: float | None, per_request: int
+    ) -> Bucket | None:
         if not limit:
             return bucket
         per_minute = (min(limit, told) if told else limit) * self._margin
         if bucket is not None:
             bucket.per_minute = per_minute
             return bucket
-        bucket = _Bucket(per_minute)
+        bucket = Bucket(per_minute)
         first = self._first_sent
         if first is not None and self._clock() - first < 60.0:
             # What went out before the server's first answer counts against its budget.
@@ -318,21 +232,9 @@ class Limiter:
             bucket.tat = first + sent * 60.0 / (per_minute * self.factor)
         return bucket
 
-    def _free_in(self, budget: Budget, now: float) -> float | None:
-        """Seconds until a spent budget frees one unit; None if it is not spent."""
-        if budget.remaining is None or budget.remaining >= 1 or not budget.limit:
-            return None
-        if budget.window_s:  # a fixed window: nothing frees before it resets
-            if budget.reset_s is not None:
-                return budget.reset_s
-            reset = self._window.reset(now)
-            return None if reset is None else reset + RESET_GUARD_S - now
-        wait = 60.0 / budget.limit  # a bucket refills evenly; the reset is when it is full
-        return wait if budget.reset_s is None else min(wait, budget.reset_s)
-
     def _pause_for(self, budget: Budget, now: float, name: str) -> None:
         """None left: wait for one unit to free."""
-        wait = self._free_in(budget, now)
+        wait = free_in(budget, self._window, now)
         if wait is not None and wait > 0:
             why = f"the server's {name} budget is spent"
             self._pause_until(now + wait, why)
@@ -371,7 +273,7 @@ class Limiter:
             accepted = self._accepted.per_minute(now)
             if accepted is not None:
                 if self._requests is None:
-                    self._requests = _Bucket(accepted)
+                    self._requests = Bucket(accepted)
                 self._requests.per_minute = accepted
                 self.factor = ACCEPTED_FACTOR
                 return
@@ -417,7 +319,9 @@ class Limiter:
         if retry_after is not None:
             return retry_after, f"429, retry-after {retry_after:g}s"
         if rate is not None:
-            spent = [w for b in (rate.requests, rate.tokens) if (w := self._free_in(b, now))]
+            spent = [
+                w for b in (rate.requests, rate.tokens) if (w := free_in(b, self._window, now))
+            ]
             resets = [b.reset_s for b in (rate.requests, rate.tokens) if b.reset_s is not None]
             if spent or resets:
                 wait = max(spent) if spent else min(resets)

@@ -7,13 +7,12 @@ from collections.abc import Callable
 
 import pytest
 
+from pipeline.budgetmath import MIN_ACCEPTED, MIN_SPAN_S
 from pipeline.limiter import (
     ACCEPTED_FACTOR,
     DEFAULT_PAUSE_S,
     KNOWN_BACKOFF_FACTOR,
     MARGIN,
-    MIN_ACCEPTED,
-    MIN_SPAN_S,
     RECOVERY_S,
     RECOVERY_STEP,
     Limiter,

@@ -12,7 +12,8 @@ from collections.abc import Awaitable, Callable
 import pytest
 from gateway_sim import FixedWindow, SlidingWindow, simulate
 
-from pipeline.limiter import MAX_PAUSE_S, RESET_GUARD_S, Limiter
+from pipeline.budgetmath import RESET_GUARD_S
+from pipeline.limiter import MAX_PAUSE_S, Limiter
 from pipeline.ratelimit import rate_headers
 
 START = 1000.0
