@@ -13,9 +13,10 @@ import polars as pl
 from pydantic import BaseModel, ValidationError
 
 from .checks import check_new_columns
-from .config import DEFAULT_MODEL, Config, ModelConfig, OutputConfig, PromptConfig, RunConfig
+from .config import DEFAULT_MODEL, Config, ModelConfig, OutputConfig, PromptConfig
 from .errors import ConfigError
 from .render import Renderer
+from .runconfig import RunConfig
 from .runner import execute, log_run
 from .summary import Summary
 

@@ -11,9 +11,10 @@ import httpx
 
 from pipeline.breaker import SAME_4XX_AFTER, TRIP_AFTER
 from pipeline.client import ChatClient
-from pipeline.config import Config, InputConfig, ModelConfig, OutputConfig, PromptConfig, RunConfig
+from pipeline.config import Config, InputConfig, ModelConfig, OutputConfig, PromptConfig
 from pipeline.limiter import REFUSED_STOP_S, Limiter
 from pipeline.records import FAILED, OK, PENDING, Request, Result
+from pipeline.runconfig import RunConfig
 from pipeline.sender import Sender
 
 BASE_URL = "http://api.test/v1"
