@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import batchfile
+from . import batchfile, batchresults
 from .batchapi import BatchAPI
 from .catalog import Price
 from .config import Config
@@ -39,7 +39,7 @@ from .store import BatchRecord, Store
 log = logging.getLogger(__name__)
 
 ENDED = frozenset({"completed", "failed", "expired", "cancelled"})
-# How batchfile words a line that an expired batch never ran (OpenAI's code batch_expired).
+# How batchresults words a line that an expired batch never ran (OpenAI's code batch_expired).
 NEVER_RAN = "batch: batch_expired:"
 MAX_POLL_S = 600.0
 CREATE_TRIES = 4
@@ -299,7 +299,9 @@ class Batches:
             if not file_id:
                 continue
             data = await self.api.content(str(file_id))
-            reader = batchfile.read_results(batchfile.file_lines(io.BytesIO(data)), str(file_id))
+            reader = batchresults.read_results(
+                batchresults.file_lines(io.BytesIO(data)), str(file_id)
+            )
             results += [r for r in reader if r.key in keys and not _never_ran(r)]
             if reader.unreadable:
                 first = reader.first[0] if reader.first else None
@@ -317,7 +319,7 @@ class Batches:
             log.error("batch %s failed: %s", record.batch_id, why)
         self._count(results)
         wanted = {head for key in keys if (head := batchfile.prefix(key)) is not None}
-        batchfile.store_results(self.store, results, wanted)
+        batchresults.store_results(self.store, results, wanted)
         done = sum(1 for r in results if r.status == OK)
         self.outcome.collected += len(results)
         if batch.get("status") in ("expired", "cancelled") and len(results) < len(keys):

@@ -16,18 +16,14 @@ from typing import Any
 
 from .batchfile import (
     MB,
-    Imported,
-    ResultReader,
     Tally,
-    Unreadable,
-    file_lines,
     part_path,
     request_keys,
     request_line,
-    store_results,
     unanswered,
     write_parts,
 )
+from .batchresults import Imported, ResultReader, Unreadable, file_lines, store_results
 from .catalog import Catalog, check_model, check_params, model_id, price
 from .checks import api_key, check_output, check_writable_folder
 from .config import DEFAULT_BASE_URL, DEFAULT_KEY_ENV, Config

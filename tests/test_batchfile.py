@@ -15,20 +15,22 @@ from hypothesis import strategies as st
 
 from pipeline import batchfile
 from pipeline.batchfile import (
-    Imported,
-    ResultReader,
     Tally,
-    file_lines,
     part_path,
     prefix,
-    read_results,
     request_keys,
     request_line,
-    result_of,
     split,
-    store_results,
     unanswered,
     write_parts,
+)
+from pipeline.batchresults import (
+    Imported,
+    ResultReader,
+    file_lines,
+    read_results,
+    result_of,
+    store_results,
 )
 from pipeline.config import Config
 from pipeline.errors import InputError, OutputError
