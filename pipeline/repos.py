@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
-from .oxen import OxenAddress, OxenHub
+from .oxen import OxenHub
+from .oxenaddress import OxenAddress
 from .oxenlocal import LocalRepo, check_user, find_root, root_of, write_file
 from .summary import Summary
 

@@ -13,7 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.errors import ConfigError, InputError, OutputError
-from pipeline.oxen import COMMIT_TRIES, OxenAddress, OxenHub, is_oxen
+from pipeline.oxen import COMMIT_TRIES, OxenHub
+from pipeline.oxenaddress import OxenAddress, is_oxen
 
 KEY = "sk-oxen-secret-123"
 INPUT = b"id,text\n1,hello\n2,world\n"
