@@ -179,6 +179,7 @@ class Sender:
                 if self.breaker.reason is not None:
                     self.stop(self.breaker.reason)
                 if not held:
+                    log.debug("request %s, attempt failed: %s", request.key, exc)
                     raise
                 if self.stop_reason is not None:
                     raise _Stopped from None
