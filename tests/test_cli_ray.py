@@ -158,10 +158,13 @@ def test_the_workers_share_one_budget_under_the_servers_limit(tmp_path: Path) ->
     assert [a.status for a in arrivals] == [200] * rows  # no 429, no retry
     assert answers(tmp_path)["_status"].to_list() == ["ok"] * rows
     times = [a.at for a in arrivals]
-    # The first lease of each worker may go out together; after that, never more than the
-    # rate in any second (a slow machine sends fewer), and the whole run near the rate.
+    # Send times are booked evenly for the three workers together. A worker kept off the CPU
+    # sends what was booked meanwhile when it is back, so a busy machine bunches arrivals:
+    # in any 2 s, at most 2 s of the rate plus a second of such delay and the first leases
+    # (three workers each spending the whole budget would send 60).
+    rate = quota / 60
     for i, at in enumerate(times):
-        assert sum(at <= t < at + 1.0 for t in times[i:]) <= quota / 60 + 3, i
+        assert sum(at <= t < at + 2.0 for t in times[i:]) <= 3 * rate + 3, i
     assert times[-1] - times[0] >= (rows - 4) / (quota / 60)
     assert times[-1] - times[0] <= 2 * rows / (quota / 60)  # at least half the rate
 
