@@ -24,6 +24,7 @@ import yarl
 
 from .errors import AuthError, FatalRequestError, RateLimited, RequestError, RetryableError
 from .ratelimit import rate_headers
+from .redact import redact_in
 
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 
@@ -249,7 +250,9 @@ class ChatClient:
             except TimeoutError:
                 raise RetryableError(f"timed out after {self._timeout_s:g} s") from None
             except aiohttp.ClientError as exc:
-                raise RetryableError(f"connection failed: {_describe(exc)}") from None
+                raise RetryableError(
+                    f"connection failed: {redact_in(_describe(exc), self.url)}"
+                ) from None
             text = data.decode("utf-8", "replace")
         if status != 200:
             raise_for_status(status, text, headers)
@@ -264,7 +267,9 @@ class ChatClient:
         except httpx.TimeoutException as exc:
             raise RetryableError(f"timed out: {type(exc).__name__}") from None
         except (httpx.TransportError, httpx.DecodingError) as exc:
-            raise RetryableError(f"connection failed: {_describe(exc)}") from None
+            raise RetryableError(
+                f"connection failed: {redact_in(_describe(exc), self.url)}"
+            ) from None
 
 
 def _count(value: object) -> int:

@@ -10,13 +10,14 @@ import codecs
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
 from .locations import OxenConfig, _oxen_local, _s3_local, _storage_needs_url
 from .locations import StorageOptions as StorageOptions  # re-exported
 from .runconfig import RunConfig
-from .strict import _Strict
+from .strict import _Strict, env_name, not_blank
 
 DEFAULT_BASE_URL = "https://hub.oxen.ai/api/ai"
 DEFAULT_MODEL = "gemini-2-5-flash-lite-preview-09-2025"
@@ -29,7 +30,8 @@ class InputConfig(_Strict):
         "extension; or oxen://NAMESPACE:REPO@REVISION/PATH, a file of an Oxen repository at a "
         "branch or commit (see the oxen section); or s3://BUCKET/KEY, an object downloaded "
         "once per version, or s3://BUCKET/PREFIX/*.parquet, every matching object read as one "
-        "table in key order",
+        "table in key order. CSV and TSV columns are read as text, each value as written "
+        "(01234 stays 01234, 1.50 stays 1.50); Parquet and NDJSON columns keep their types",
     )
     repo: str | None = Field(
         default=None,
@@ -70,6 +72,11 @@ class InputConfig(_Strict):
     def _options_need_url(self) -> InputConfig:
         _storage_needs_url(self.url, self.storage_options, "input")
         return self
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _path_given(cls, value: Any) -> Any:
+        return not_blank(value)
 
     @field_validator("encoding")
     @classmethod
@@ -122,6 +129,16 @@ class PromptConfig(_Strict):
         description="a local image file larger than this many MiB fails its row",
     )
 
+    @field_validator("template", mode="before")
+    @classmethod
+    def _template_given(cls, value: Any) -> Any:
+        return not_blank(value)
+
+    @field_validator("system", mode="before")
+    @classmethod
+    def _system_given(cls, value: Any) -> Any:
+        return not_blank(value, optional=True)
+
 
 class Pricing(_Strict):
     input_per_million: float = Field(ge=0, description="USD per million prompt tokens")
@@ -131,13 +148,15 @@ class Pricing(_Strict):
 class ModelConfig(_Strict):
     base_url: str = Field(
         default=DEFAULT_BASE_URL,
-        description="any OpenAI-compatible base URL; requests go to {base_url}/chat/completions",
+        description="any OpenAI-compatible http(s) base URL; requests go to "
+        "{base_url}/chat/completions; "
+        "a password in it (`user:password@`) is shown as `***` wherever the URL is printed",
     )
     name: str = Field(default=DEFAULT_MODEL, description="the model id sent with every request")
     api_key_env: str = Field(
         default=DEFAULT_KEY_ENV,
-        description="the NAME of the environment variable holding the API key, never the key "
-        "itself",
+        description="the NAME of the environment variable holding the API key (letters, digits "
+        "and _), never the key itself: OXEN_API_KEY, not ${OXEN_API_KEY}",
     )
     params: dict[str, Any] = Field(
         default_factory=dict,
@@ -160,6 +179,32 @@ class ModelConfig(_Strict):
         "before sending",
     )
 
+    @field_validator("base_url", "name", mode="before")
+    @classmethod
+    def _given(cls, value: Any) -> Any:
+        return not_blank(value)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        try:  # the URL itself is not shown: it may hold a password
+            parts = urlsplit(value)
+            usable = parts.scheme in ("http", "https") and bool(parts.hostname)
+            usable = usable and (parts.port is None or parts.port > 0)
+        except ValueError:  # a port that is not a number, or out of range
+            usable = False
+        if not usable:
+            raise ValueError(
+                "must be an http:// or https:// URL with a host and, if any, a port from 1 to "
+                "65535, e.g. https://api.openai.com/v1"
+            )
+        return value
+
+    @field_validator("api_key_env", mode="before")
+    @classmethod
+    def _key_env(cls, value: Any) -> Any:
+        return env_name(value)
+
     @model_validator(mode="after")
     def _params_are_parameters(self) -> ModelConfig:
         for name in ("model", "messages"):
@@ -177,7 +222,8 @@ _BRANCH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/-]*")
 
 class OutputConfig(_Strict):
     path: Path = Field(
-        description="the output table, its format chosen by extension as for input.path; or "
+        description="the output table (not the input file), its format chosen by extension "
+        "as for input.path; or "
         "oxen://NAMESPACE:REPO@BRANCH/PATH: written, then committed to that branch (created "
         "from the default branch when missing) with its provenance; or s3://BUCKET/KEY: "
         "written, then uploaded once complete (the object is replaced whole or not at all)",
@@ -253,6 +299,11 @@ class OutputConfig(_Strict):
     @classmethod
     def _oxen(cls, data: Any) -> Any:
         return _s3_local(_oxen_local(data, "out"), "out")
+
+    @field_validator("path", "column", mode="before")
+    @classmethod
+    def _given(cls, value: Any) -> Any:
+        return not_blank(value)
 
     @field_validator("branch")
     @classmethod

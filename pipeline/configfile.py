@@ -1,6 +1,7 @@
 """Config stage: YAML file -> one frozen, validated `Config`.
 
-Unknown keys, wrong types and missing keys are errors that name the key and its line.
+Unknown keys, keys given twice, wrong types and missing keys are errors that name the key
+and its line.
 `${VAR}` / `${VAR:-default}` are expanded from the environment; relative paths are taken
 from the config file's folder; `--set a.b=value` overrides any key.
 """
@@ -19,7 +20,45 @@ from .config import Config
 from .errors import ConfigError
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_MERGE = "tag:yaml.org,2002:merge"
 Lines = dict[tuple[str, ...], int]
+Expanded = dict[tuple[str, ...], list[str]]  # key -> the ${VAR} names its value was made from
+
+
+class _Loader(yaml.SafeLoader):
+    """A SafeLoader that refuses a key given twice in one mapping (YAML would keep the last
+    silently, dropping a whole section or setting)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._path: list[str] = []  # the keys above the node being composed
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        value_of = isinstance(parent, yaml.MappingNode) and isinstance(index, yaml.Node)
+        if value_of:  # the value of the key node `index`
+            self._path.append(str(index.value))
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            if value_of:
+                self._path.pop()
+
+    def compose_mapping_node(self, anchor: Any) -> yaml.MappingNode:
+        node = super().compose_mapping_node(anchor)
+        seen: dict[tuple[str, str], int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE:
+                continue  # `<<: *defaults` merges; the mapping's own keys override those
+            line, key = key_node.start_mark.line + 1, (key_node.tag, key_node.value)
+            if key in seen:
+                dotted = ".".join([*self._path, str(key_node.value)])
+                where = f"on line {line}" if seen[key] == line else f"lines {seen[key]} and {line}"
+                raise ConfigError(
+                    f"config key '{dotted}' is defined twice, {where}; write it once (YAML "
+                    "would keep only the last)"
+                )
+            seen[key] = line
+        return node
 
 
 def load(path: str | Path, overrides: list[str] | None = None) -> Config:
@@ -31,22 +70,28 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Config:
         raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(f"cannot read config {path}: not UTF-8 text ({exc.reason})") from None
+    loader = _Loader(text)
     try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
+        node = loader.get_single_node()
+        data = None if node is None else loader.construct_document(node)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML{_yaml_problem(exc, text)}") from exc
+    except ConfigError as exc:  # a key given twice
+        raise ConfigError(f"{path}: {exc}") from None
+    finally:
+        loader.dispose()
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the config must be a mapping of sections (input, prompt, ...)")
     lines: Lines = {}
     _key_lines(node, (), lines)
     for item in overrides or []:
         _apply_override(data, item, lines)
-    data = _expand(data, (), lines)
+    expanded: Expanded = {}
+    data = _expand(data, (), lines, expanded)
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {_describe(exc, lines)}") from None
+        raise ConfigError(f"{path}: {_describe(exc, lines, expanded)}") from None
     return _resolve_paths(config, path.parent)
 
 
@@ -114,13 +159,14 @@ def _apply_override(data: dict[str, Any], item: str, lines: Lines) -> None:
     lines[key] = -1
 
 
-def _expand(value: Any, key: tuple[str, ...], lines: Lines) -> Any:
+def _expand(value: Any, key: tuple[str, ...], lines: Lines, expanded: Expanded) -> Any:
     if isinstance(value, dict):
-        return {k: _expand(v, (*key, str(k)), lines) for k, v in value.items()}
+        return {k: _expand(v, (*key, str(k)), lines, expanded) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand(v, key, lines) for v in value]
+        return [_expand(v, key, lines, expanded) for v in value]
     if not isinstance(value, str) or "${" not in value:
         return value
+    expanded[key] = [match.group(1) for match in _VAR.finditer(value)]
 
     def substitute(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
@@ -137,13 +183,20 @@ def _expand(value: Any, key: tuple[str, ...], lines: Lines) -> Any:
     return _VAR.sub(substitute, value)
 
 
-def _describe(exc: ValidationError, lines: Lines) -> str:
+def _describe(exc: ValidationError, lines: Lines, expanded: Expanded) -> str:
     messages = []
     for error in exc.errors()[:5]:
         key = tuple(str(part) for part in error["loc"])
         dotted = ".".join(key)
         where = _where(key, lines)
-        if error["type"] == "extra_forbidden":
+        if error["type"] == "env_name" and expanded.get(key):
+            name = expanded[key][0]
+            messages.append(
+                f"config key '{dotted}'{where}: ${{{name}}} is replaced by the value of "
+                f"{name}, which is not a variable name and looks like a key itself, so it is "
+                f"not shown; write the variable's name instead: {key[-1]}: {name}"
+            )
+        elif error["type"] == "extra_forbidden":
             messages.append(f"unknown key '{dotted}'{where}")
         elif error["type"] == "missing":
             messages.append(

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from .strict import _Strict
+from .strict import _Strict, env_name
 
 OXEN_PREFIX = "oxen://"
 LOCAL_OXEN = ".pipeline-oxen"  # beside the config: fetched inputs, outputs before their commit
@@ -85,6 +85,13 @@ class StorageOptions(_Strict):
                     )
         return data
 
+    @field_validator(
+        "access_key_id_env", "secret_access_key_env", "session_token_env", mode="before"
+    )
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        return env_name(value)
+
 
 def _storage_needs_url(url: str | None, options: StorageOptions, side: str) -> None:
     if url is None and options != StorageOptions():
@@ -99,3 +106,8 @@ class OxenConfig(_Strict):
         description="the environment variable holding the hub's key; unset: model.api_key_env "
         "(Oxen's inference and repositories take the same key)",
     )
+
+    @field_validator("api_key_env", mode="before")
+    @classmethod
+    def _name(cls, value: Any) -> Any:
+        return env_name(value)

@@ -29,6 +29,7 @@ from .config import Config
 from .oxen import OxenHub
 from .oxenaddress import OxenAddress
 from .oxenlocal import LocalRepo, check_user, find_root, root_of, write_file
+from .redact import redact_url
 from .summary import Summary
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def provenance(
     return {
         "config_hash": config_hash(config),
         "model": config.model.name,
-        "base_url": config.model.base_url,
+        "base_url": redact_url(config.model.base_url),
         "params": dict(config.model.params),
         "prompt_sha256": hashlib.sha256(prompt.encode()).hexdigest(),
         "input": {

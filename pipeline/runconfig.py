@@ -7,12 +7,12 @@ in `batchconfig.py`. Each key's `description=` goes into docs/configuration.md.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from .batchconfig import BatchConfig
-from .strict import _Strict
+from .strict import _Strict, not_blank
 
 
 class RayConfig(_Strict):
@@ -99,3 +99,8 @@ class RunConfig(_Strict):
         le=1,
         description="fraction of rows that may fail or be invalid with the run still exiting 0",
     )
+
+    @field_validator("store", mode="before")
+    @classmethod
+    def _store_given(cls, value: Any) -> Any:
+        return not_blank(value, optional=True)

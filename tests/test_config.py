@@ -561,3 +561,209 @@ def test_output_commit_and_branch_are_checked(tmp_path: Path, lines: str, why: s
     assert why in message
     if "commit is for" in why:  # both keys named
         assert "output.path" in message and "drop output.commit" in message
+
+
+# --- keys given twice --------------------------------------------------------------------
+
+
+def test_a_section_given_twice_names_both_lines(tmp_path: Path) -> None:
+    text = BASE + "run:\n  concurrency: 2\nmodel:\n  name: m\nrun:\n  max_retries: 1\n"
+    message = config_error(tmp_path, text)
+
+    assert message == (
+        f"{tmp_path / 'job.yaml'}: config key 'run' is defined twice, lines 7 and 11; write it "
+        "once (YAML would keep only the last)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "dotted", "lines"),
+    [
+        (
+            BASE.replace(
+                "  path: out/answers.parquet\n", "  column: a\n  path: o.csv\n  column: b\n"
+            ),
+            "output.column",
+            (6, 8),
+        ),
+        (
+            BASE + "model:\n  params:\n    temperature: 0\n    temperature: 1\n",
+            "model.params.temperature",
+            (9, 10),
+        ),
+        (BASE.replace("input:\n", "input:\n  path: other.csv\n"), "input.path", (2, 3)),
+    ],
+)
+def test_a_key_given_twice_at_any_level_names_both_lines(
+    tmp_path: Path, text: str, dotted: str, lines: tuple[int, int]
+) -> None:
+    message = config_error(tmp_path, text)
+
+    assert message.endswith(
+        f": config key '{dotted}' is defined twice, lines {lines[0]} and {lines[1]}; write it "
+        "once (YAML would keep only the last)"
+    )
+
+
+def test_a_key_given_twice_on_one_line_names_the_line(tmp_path: Path) -> None:
+    message = config_error(tmp_path, BASE + "model: {name: a, name: b}\n")
+
+    assert message.endswith(
+        ": config key 'model.name' is defined twice, on line 7; write it once (YAML would keep "
+        "only the last)"
+    )
+
+
+def test_a_merge_key_s_values_may_be_overridden(tmp_path: Path) -> None:
+    text = BASE + (
+        "model:\n  params:\n    <<: {temperature: 0, max_tokens: 8}\n    temperature: 1\n"
+    )
+    config = load_text(tmp_path, text)
+
+    assert config.model.params == {"temperature": 1, "max_tokens": 8}
+
+
+def test_set_replaces_a_key_without_being_a_duplicate(tmp_path: Path) -> None:
+    config = load_text(tmp_path, BASE + "run:\n  concurrency: 2\n", ["run.concurrency=3"])
+
+    assert config.run.concurrency == 3
+
+
+# --- empty values where none makes sense -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dotted", "optional"),
+    [
+        ("model.name", False),
+        ("model.base_url", False),
+        ("prompt.template", False),
+        ("prompt.system", True),
+        ("input.path", False),
+        ("output.path", False),
+        ("output.column", False),
+        ("run.store", True),
+    ],
+)
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_value_from_set_is_an_error_naming_the_key(
+    tmp_path: Path, dotted: str, optional: bool, value: str
+) -> None:
+    message = config_error(tmp_path, BASE, [f"{dotted}={value}"])
+
+    unset = " (null, or leaving the key out, means unset)" if optional else ""
+    assert message == (
+        f"{tmp_path / 'job.yaml'}: config key '{dotted}' (from --set): may not be empty{unset}"
+    )
+
+
+def test_an_empty_value_in_the_file_names_its_line(tmp_path: Path) -> None:
+    message = config_error(tmp_path, BASE.replace('"Q: {{ q }}"', "''") + "model:\n  name: ''\n")
+
+    assert message.endswith(
+        ": config key 'prompt.template' (line 4): may not be empty; config key 'model.name' "
+        "(line 8): may not be empty"
+    )
+
+
+def test_an_empty_variable_makes_an_empty_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PIPE_TEST_EMPTY", "")
+    message = config_error(tmp_path, BASE + "model:\n  name: ${PIPE_TEST_EMPTY}\n")
+
+    assert message.endswith(": config key 'model.name' (line 8): may not be empty")
+
+
+def test_null_still_unsets_an_optional_key(tmp_path: Path) -> None:
+    config = load_text(tmp_path, BASE, ["run.store=null", "prompt.system=null"])
+
+    assert config.run.store is None and config.prompt.system is None
+
+
+# --- keys that name an environment variable ----------------------------------------------
+
+NOT_A_NAME = (
+    "is not the name of an environment variable (letters, digits and _, not starting with a "
+    "digit); it looks like a key itself, so it is not shown: put the key in an environment "
+    "variable and write that variable's name here"
+)
+
+
+@pytest.mark.parametrize(
+    "dotted",
+    [
+        "model.api_key_env",
+        "oxen.api_key_env",
+        "input.storage_options.access_key_id_env",
+        "output.storage_options.secret_access_key_env",
+        "input.storage_options.session_token_env",
+    ],
+)
+@pytest.mark.parametrize("value", ["sk-live-SECRET999", "1KEY", "MY KEY", "$MY_KEY"])
+def test_a_key_variable_setting_must_be_a_name_and_is_never_shown(
+    tmp_path: Path, dotted: str, value: str
+) -> None:
+    text = BASE.replace("data/in.csv", "s3://my-bucket/in.csv").replace(
+        "out/answers.parquet", "s3://my-bucket/out.parquet"
+    )
+    message = config_error(tmp_path, text, [f"{dotted}={value}"])
+
+    assert message == f"{tmp_path / 'job.yaml'}: config key '{dotted}' (from --set): {NOT_A_NAME}"
+    assert value not in message
+
+
+def test_an_empty_key_variable_setting_asks_for_a_name(tmp_path: Path) -> None:
+    message = config_error(tmp_path, BASE, ["model.api_key_env="])
+
+    assert message.endswith(
+        "config key 'model.api_key_env' (from --set): may not be empty: give the name of the "
+        "variable that holds the key"
+    )
+
+
+def test_a_key_substituted_into_api_key_env_names_the_variable_not_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OXEN_API_KEY", "sk-live-SECRET999")
+    message = config_error(tmp_path, BASE + "model:\n  api_key_env: ${OXEN_API_KEY}\n")
+
+    assert message == (
+        f"{tmp_path / 'job.yaml'}: config key 'model.api_key_env' (line 8): ${{OXEN_API_KEY}} "
+        "is replaced by the value of OXEN_API_KEY, which is not a variable name and looks like "
+        "a key itself, so it is not shown; write the variable's name instead: api_key_env: "
+        "OXEN_API_KEY"
+    )
+
+
+@pytest.mark.parametrize("name", ["OXEN_API_KEY", "_k", "key2", "a"])
+def test_a_variable_name_is_accepted(tmp_path: Path, name: str) -> None:
+    assert load_text(tmp_path, BASE, [f"model.api_key_env={name}"]).model.api_key_env == name
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://user:pw-SECRET@host/v1",
+        "host/v1",
+        "http://user:pw-SECRET@/v1",
+        "http://user:pw-SECRET@host:99999/v1",
+        "http://host:0/v1",
+        "http://host:port/v1",
+    ],
+)
+def test_base_url_must_be_an_http_url_and_is_not_shown(tmp_path: Path, url: str) -> None:
+    message = config_error(tmp_path, BASE, [f"model.base_url={url}"])
+
+    assert message == (
+        f"{tmp_path / 'job.yaml'}: config key 'model.base_url' (from --set): Value error, must "
+        "be an http:// or https:// URL with a host and, if any, a port from 1 to 65535, e.g. "
+        "https://api.openai.com/v1"
+    )
+
+
+@pytest.mark.parametrize(
+    "url", ["https://api.openai.com/v1", "http://[::1]:8080/v1", "http://user:pw@host/v1"]
+)
+def test_an_http_base_url_is_accepted(tmp_path: Path, url: str) -> None:
+    assert load_text(tmp_path, BASE, [f"model.base_url={url}"]).model.base_url == url
