@@ -49,8 +49,9 @@ def test_every_row_answered_in_order_and_rerun_sends_nothing(tmp_path: Path, ser
         "_completion_tokens",
         "_attempts",
     ]
-    assert out.select("id", "text", "score").equals(frame)
-    assert out["id"].dtype == pl.Int64 and out["score"].dtype == pl.Float64
+    # CSV columns are text, each value as the file holds it ("0.5", not 0.5)
+    assert out.select("id", "text", "score").equals(frame.select(pl.all().cast(pl.String)))
+    assert out["id"].dtype == pl.String and out["score"].to_list()[:3] == ["0.0", "0.5", "1.0"]
     assert out["answer"].to_list() == [f"label-{t}." for t in frame["text"]]
     assert set(out["_status"]) == {"ok"}
     unique = frame["text"].n_unique()
@@ -88,8 +89,8 @@ def test_transient_failures_are_retried_until_answered(tmp_path: Path, server: F
     assert ran.code == 0, ran.stderr
     out = pl.read_parquet(tmp_path / "out/answers.parquet")
     assert out["answer"].to_list() == [f"label-row-{i}." for i in range(12)]
-    assert out.filter(pl.col("id") == 2)["_attempts"].item() == 3
-    assert out.filter(pl.col("id") == 5)["_attempts"].item() == 3
+    assert out.filter(pl.col("id") == "2")["_attempts"].item() == 3
+    assert out.filter(pl.col("id") == "5")["_attempts"].item() == 3
     assert server.count == 12 + 7
     assert ran.summary["retries"] == 7 and ran.summary["requests_sent"] == 19
 
@@ -104,7 +105,7 @@ def test_client_error_is_recorded_on_the_row_and_retried_next_run(
     assert ran.code == 1
     assert "1 rows failed" in ran.stderr
     out = pl.read_parquet(tmp_path / "out/answers.parquet")
-    row = out.filter(pl.col("id") == 3)
+    row = out.filter(pl.col("id") == "3")
     assert row["answer"].item() is None and row["_status"].item() == "failed"
     assert "temperature must be <= 2" in row["_error"].item()
     assert server.count_matching("row-3") == 1  # a 400 is not retried

@@ -38,7 +38,7 @@ def test_status_counts_every_state_and_the_last_run(tmp_path: Path) -> None:
             "n": [1, 1, 1, 1, 1, 1, 0],  # 10 // 0 fails in the template
         }
     ).write_csv(tmp_path / "in.csv")
-    template = {"template": "{{ text }} ({{ 10 // n }})", "skip_null": ["text"]}
+    template = {"template": "{{ text }} ({{ 10 // (n | int) }})", "skip_null": ["text"]}
     with FakeServer(answer=label_answer) as server:
         server.script("refused", [400])
         config = write_config(tmp_path, server.base_url, prompt=template, **LABELS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,6 +42,12 @@ def write_table(frame: pl.DataFrame, path: Path) -> Path:
     return path
 
 
+def as_read(frame: pl.DataFrame, ext: str) -> pl.DataFrame:
+    """What a Source gives for `frame` written as `ext`: CSV and TSV columns are text, each
+    value as written; Parquet and NDJSON keep their types."""
+    return frame.select(pl.all().cast(pl.String)) if ext in ("csv", "tsv") else frame
+
+
 def read_table(path: Path) -> pl.DataFrame:
     if path.suffix == ".parquet":
         return pl.read_parquet(path)
@@ -58,9 +65,9 @@ def test_source_reads_columns_schema_and_rows(tmp_path: Path, ext: str) -> None:
     source = Source(write_table(frame, tmp_path / f"in.{ext}"))
 
     assert source.columns == ["id", "score", "text", "flag"]
-    assert dict(source.schema) == dict(frame.schema)
+    assert dict(source.schema) == dict(as_read(frame, ext).schema)
     assert source.count() == 25
-    assert_frame_equal(pl.concat(list(source.chunks(100))), frame)
+    assert_frame_equal(pl.concat(list(source.chunks(100))), as_read(frame, ext))
 
 
 @pytest.mark.parametrize("ext", FORMATS)
@@ -71,7 +78,7 @@ def test_chunks_are_in_order_bounded_and_share_the_schema(tmp_path: Path, ext: s
 
     assert [c.height for c in chunks] == [10, 10, 5]
     assert all(c.schema == source.schema for c in chunks)
-    assert_frame_equal(pl.concat(chunks), frame)
+    assert_frame_equal(pl.concat(chunks), as_read(frame, ext))
 
 
 def test_chunks_can_be_read_twice(tmp_path: Path) -> None:
@@ -89,7 +96,7 @@ def test_chunk_size_covers_every_row_once(tmp_path: Path, size: int) -> None:
 
     assert all(0 < c.height <= size for c in chunks)
     assert len(chunks) == -(-25 // size)
-    assert pl.concat(chunks)["id"].to_list() == list(range(25))
+    assert pl.concat(chunks)["id"].to_list() == [str(i) for i in range(25)]
 
 
 @pytest.mark.parametrize("ext", FORMATS)
@@ -100,7 +107,7 @@ def test_limit_takes_the_first_rows(tmp_path: Path, ext: str) -> None:
     assert source.count() == 7
     chunks = list(source.chunks(5))
     assert [c.height for c in chunks] == [5, 2]
-    assert_frame_equal(pl.concat(chunks), frame.head(7))
+    assert_frame_equal(pl.concat(chunks), as_read(frame, ext).head(7))
 
 
 def test_limit_larger_than_the_table(tmp_path: Path) -> None:
@@ -136,11 +143,13 @@ def test_missing_file_is_input_error(tmp_path: Path) -> None:
         Source(tmp_path / "nope.csv")
 
 
-def test_directory_is_input_error(tmp_path: Path) -> None:
+def test_directory_is_input_error_saying_it_is_a_folder(tmp_path: Path) -> None:
     folder = tmp_path / "table.csv"
     folder.mkdir()
-    with pytest.raises(InputError, match="does not exist"):
+    with pytest.raises(InputError) as info:
         Source(folder)
+    assert str(info.value).startswith(f"input.path {folder} is a folder, not a file;")
+    assert "does not exist" not in str(info.value)
 
 
 @pytest.mark.parametrize("name", ["in.xlsx", "in.json", "in"])
@@ -207,7 +216,7 @@ def test_input_encoding_reads_the_file(tmp_path: Path, encoding: str, third: str
     content = LATIN if third is not None else LATIN.replace(b"\xe9", "é".encode())
     source = csv_source(tmp_path / "in.csv", content, encoding=encoding)
 
-    assert rows(source)[2] == (3, third or "café")
+    assert rows(source)[2] == ("3", third or "café")
     assert source.count() == 4
 
 
@@ -238,7 +247,7 @@ def test_separator_is_configurable(tmp_path: Path) -> None:
     source = csv_source(tmp_path / "in.csv", b"id;text\n1;a,b\n", separator=";")
 
     assert source.columns == ["id", "text"]
-    assert rows(source) == [(1, "a,b")]
+    assert rows(source) == [("1", "a,b")]
 
 
 @pytest.mark.parametrize(
@@ -248,6 +257,88 @@ def test_csv_settings_on_other_formats_are_errors(tmp_path: Path, options: dict[
     path = write_table(table(3), tmp_path / "in.parquet")
     with pytest.raises(InputError, match=f"input.{next(iter(options))} applies to CSV"):
         Source(path, None, InputConfig(path=path, **options))
+
+
+def test_csv_values_are_text_exactly_as_written(tmp_path: Path) -> None:
+    source = csv_source(tmp_path / "in.csv", b'zip,price,flag,note\n01234,1.50,TRUE,\n7,1e3,0,""\n')
+
+    assert dict(source.schema) == dict.fromkeys(["zip", "price", "flag", "note"], pl.String())
+    # an empty field is null; a quoted "" is the empty string
+    assert rows(source) == [("01234", "1.50", "TRUE", None), ("7", "1e3", "0", "")]
+
+
+def test_a_late_value_no_type_guess_would_fit_is_read(tmp_path: Path) -> None:
+    body = b"".join(b"%d\n" % i for i in range(20_000))  # once inferred Int64 from 10,000 rows
+    source = csv_source(tmp_path / "in.csv", b"n\n" + body + b"n/a\n")
+
+    assert source.count() == 20_001
+    assert pl.concat(list(source.chunks(5_000)))["n"].to_list()[-2:] == ["19999", "n/a"]
+
+
+@pytest.mark.parametrize(
+    ("content", "options", "message"),
+    [
+        ("id\n1\n".encode("utf-32"), {}, "UTF-32 byte order mark; set input.encoding: utf-32"),
+        ("id\n1\n".encode("utf-16-be"), {}, "line 1 holds a NUL byte (0x00), which UTF-8"),
+        (b"id\n1\n2\x00\n", {"encoding": "utf8-lossy"}, "line 3 holds a NUL byte (0x00)"),
+        (b"id\n1\x00\n", {"encoding": "latin-1"}, "which latin-1 text does not"),
+        (b"id,\xff\n1,2\n", {}, "line 1 is not valid UTF-8 (byte 0xFF)"),
+    ],
+)
+def test_text_not_in_the_encoding_is_refused_before_polars_reads_it(
+    tmp_path: Path, content: bytes, options: dict[str, str], message: str
+) -> None:
+    with pytest.raises(InputError, match=re.escape(message)):
+        csv_source(tmp_path / "in.csv", content, **options)
+
+
+def test_a_bad_byte_in_the_header_is_replaced_under_utf8_lossy(tmp_path: Path) -> None:
+    source = csv_source(tmp_path / "in.csv", b"id,caf\xe9\n1,2\n", encoding="utf8-lossy")
+
+    assert source.columns == ["id", "caf\ufffd"]
+
+
+@pytest.mark.parametrize("ext", ["csv", "tsv"])
+def test_a_repeated_header_name_is_refused_naming_the_columns(tmp_path: Path, ext: str) -> None:
+    header = ["a", "\x1bb", "a", "c", "\x1bb", "a"]
+    path = tmp_path / f"in.{ext}"
+    path.write_text(("\t" if ext == "tsv" else ",").join(header) + "\n")
+
+    with pytest.raises(InputError) as info:
+        Source(path)
+    assert str(info.value) == (
+        f"cannot read input {path}: the header repeats 'a' (columns 1, 3, 6); "
+        "'\\x1bb' (columns 2, 5); the output keeps every input column under its own name, so "
+        "give each column a name of its own"
+    )
+
+
+def test_names_that_only_look_renamed_are_kept(tmp_path: Path) -> None:
+    source = csv_source(tmp_path / "in.csv", b"a,a_duplicated_0\n1,2\n")
+
+    assert source.columns == ["a", "a_duplicated_0"]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (b"not json", "line 3 is not valid JSON (Expecting value, column 1): 'not json'"),
+        (b"[1, 2]", "line 3 is not a JSON object: '[1, 2]'"),
+        (b'{"a": NaN}', """line 3 is not valid JSON: '{"a": NaN}'"""),
+        (
+            b"\x1b[2J" + b"x" * 100,
+            "line 3 is not valid JSON (Expecting value, column 1): '\\x1b[2J" + "x" * 56 + "...'",
+        ),
+        (b'{"a": "\xff"}', "line 3 is not valid UTF-8 (byte 0xFF)"),
+    ],
+)
+def test_a_bad_ndjson_line_is_named(tmp_path: Path, line: bytes, message: str) -> None:
+    path = tmp_path / "in.ndjson"
+    path.write_bytes(b'{"a": 1}\n\n' + line + b'\n{"a": 2}\n')
+
+    with pytest.raises(InputError) as info:
+        list(Source(path).chunks(10))
+    assert str(info.value) == f"cannot read input {path}: {message}"
 
 
 # --- Sink --------------------------------------------------------------------------------
