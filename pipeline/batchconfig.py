@@ -36,8 +36,10 @@ class BatchConfig(_Strict):
     )
     deadline: float | None = Field(
         default=6 * 3600.0,
-        description="unfinished after this (6h, 90m, or seconds): cancel the batch, keep what "
-        "completed and send the rest online in the same run; null: wait for the batch to end",
+        description="unfinished this long after its submission (6h, 90m, or seconds): cancel "
+        "the batch, keep what completed and send the rest online in the same run; null: wait "
+        "for the batch to end. The running config's value counts, so a later run (--set) "
+        "may shorten or lengthen the wait of a batch already submitted",
     )
     poll_s: float = Field(
         default=30,

@@ -5,8 +5,13 @@
 `Batches.run` comes before the engine: it finishes what a killed run left half-submitted,
 submits what no batch holds yet, waits for the open batches (polling, `run.batch.poll_s`
 doubling up to 10 minutes) and puts their answers into the store, where the engine, run
-offline, finds them and writes the output. A batch still unfinished at its deadline is
-cancelled, what it completed is kept, and the run sends the rest online (`fallback`).
+offline, finds them and writes the output. A batch still unfinished at its deadline (the
+running config's `run.batch.deadline` after the batch's submission, `due_at`) is cancelled,
+what it completed is kept, and the run sends the rest online (`fallback`).
+
+`Batches.settle` is an online run's batch phase: it submits nothing, polls each open batch
+once and collects those that ended (a batch past its deadline is cancelled and waited for),
+so that the engine, which never sends a key in an open batch, sends only what is free.
 
 Crash safety: the store records each batch before each step and after it (prepared ->
 uploaded -> submitted -> collected). A rerun looks for a prepared batch's file by its name,
@@ -53,6 +58,8 @@ class BatchOutcome:
     held_back: int = 0  # requests the budget kept from being submitted
     collected: int = 0  # result lines put into the store
     answered: int = 0  # of which answers
+    # The keys (a re-ask's: its request's) whose answer this run's batches put into the store.
+    answered_keys: set[str] = field(default_factory=set)
     fallback: bool = False  # a deadline passed: send what is left online
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -70,6 +77,12 @@ class BatchOutcome:
             }
             for r in self.batches.values()
         ]
+
+
+def due_at(record: BatchRecord, deadline: float | None) -> float | None:
+    """When `record` is due under the running config's `run.batch.deadline`: that long after
+    its submission (None: no deadline), so a later run may shorten or lengthen it."""
+    return None if deadline is None else record.created_at + deadline
 
 
 class Batches:
@@ -107,6 +120,22 @@ class Batches:
             await self.wait()
         return self.outcome
 
+    async def settle(self) -> BatchOutcome:
+        """An online run's batch phase: submit nothing; drop what a killed run left that never
+        became a batch, poll each open batch once and collect those that ended. A batch past
+        its deadline is cancelled and waited for, its partial answers collected, so that its
+        other keys are free to go online; the keys of the batches still open stay in them."""
+        await self.resume(create=False)
+        polled = [r for r in self.store.batches() if r.state == "submitted"]
+        self.outcome.batches.update((r.id, r) for r in polled)
+        for record in polled:
+            await self._poll(record)
+        ending = [r for r in polled if r.state == "submitted" and r.remote == "cancelling"]
+        if ending:
+            log.info("waiting for %d cancelled batches to end", len(ending))
+            await self._wait_for(ending)
+        return self.outcome
+
     # --- submitting ------------------------------------------------------------------------
 
     def _name(self, record: BatchRecord) -> str:
@@ -119,11 +148,12 @@ class Batches:
             "pipeline_part": str(record.part),
         }
 
-    async def resume(self) -> None:
-        """Finish what a killed run left between the steps of a submission."""
+    async def resume(self, *, create: bool = True) -> None:
+        """Finish what a killed run left between the steps of a submission; `create` False
+        (an online run): drop what never became a batch instead, its keys are free."""
         for record in self.store.batches():
             if record.state == "prepared":
-                file_id = await self.api.find_file(self._name(record))
+                file_id = await self.api.find_file(self._name(record)) if create else None
                 if file_id is None:
                     log.info("batch part %d was never uploaded: its requests go again", record.id)
                     self.store.batch_forget(record)
@@ -139,8 +169,12 @@ class Batches:
                         batch_id=str(found["id"]),
                         remote=found.get("status"),
                     )
-                else:
+                elif create:
                     await self._create(record)
+                else:
+                    log.info("batch part %d was never created: its requests are free", record.id)
+                    self.store.batch_forget(record)
+                    continue
             self.outcome.batches[record.id] = record
 
     async def submit(self) -> None:
@@ -216,8 +250,10 @@ class Batches:
     async def wait(self) -> None:
         """Poll the open batches until each has ended and is collected."""
         waiting = [r for r in self.store.batches() if r.state == "submitted"]
-        if not waiting:
-            return
+        if waiting:
+            await self._wait_for(waiting)
+
+    async def _wait_for(self, waiting: list[BatchRecord]) -> None:
         for record in waiting:
             self.outcome.batches[record.id] = record
         self._next_poll = self.clock()
@@ -239,7 +275,7 @@ class Batches:
             if not open_now:
                 return
             pause = interval
-            deadlines = [r.deadline_at for r in open_now if r.deadline_at is not None]
+            deadlines = [d for r in open_now if (d := self._due(r)) is not None]
             if deadlines:  # wake up for the next deadline, not a poll interval after it
                 pause = max(1.0, min(pause, min(deadlines) - self.clock() + 1.0))
             self._next_poll = self.clock() + pause
@@ -263,6 +299,9 @@ class Batches:
         left = self._next_poll - self.clock()
         return f"batch API, next poll in {left:.0f}s" if left >= 1 else None
 
+    def _due(self, record: BatchRecord) -> float | None:
+        return due_at(record, self.settings.deadline)
+
     async def _poll(self, record: BatchRecord) -> None:
         assert record.batch_id is not None
         batch = await self.api.get(record.batch_id)
@@ -277,17 +316,19 @@ class Batches:
         if status in ENDED:
             await self._collect(record, batch)
         elif (
-            record.deadline_at is not None
-            and self.clock() >= record.deadline_at
+            (due := self._due(record)) is not None
+            and self.clock() >= due
             and status != "cancelling"
         ):
             log.warning(
-                "batch %s is still %s at its deadline: cancelling it, keeping what it "
-                "completed, and sending the rest online",
+                "batch %s is still %s at its deadline (run.batch.deadline after its "
+                "submission): cancelling it, keeping what it completed, and sending the rest "
+                "online",
                 record.batch_id,
                 status,
             )
-            await self.api.cancel(record.batch_id)
+            cancelled = await self.api.cancel(record.batch_id)
+            self.store.batch_update(record, remote=str(cancelled.get("status") or "cancelling"))
             self.outcome.fallback = True
 
     async def _collect(self, record: BatchRecord, batch: dict[str, Any]) -> None:
@@ -319,7 +360,11 @@ class Batches:
             log.error("batch %s failed: %s", record.batch_id, why)
         self._count(results)
         wanted = {head for key in keys if (head := batchfile.prefix(key)) is not None}
+        answers = {r.key for r in results if r.status == OK}
+        stored = self.store.lookup(answers, with_raw=False)
+        new = answers - {key for key, found in stored.items() if found.status == OK}
         batchresults.store_results(self.store, results, wanted)
+        self.outcome.answered_keys.update(key.partition("~")[0] for key in new)
         done = sum(1 for r in results if r.status == OK)
         self.outcome.collected += len(results)
         if batch.get("status") in ("expired", "cancelled") and len(results) < len(keys):

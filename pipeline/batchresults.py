@@ -23,13 +23,19 @@ from .store import Store
 
 MAX_LINE_BYTES = 64 * MB  # a longer result line is unreadable, not read into memory whole
 KEEP_UNREADABLE = 5  # unreadable lines named in a report
+# Why a batch input line (a request, as `pipeline batch export` writes) is no result.
+A_REQUEST = (
+    "a request (method, url, body), not a result: was the file `pipeline batch export` "
+    "wrote imported instead of the batch server's output?"
+)
 
 
 def result_of(line: bytes | str, *, max_bytes: int = MAX_LINE_BYTES) -> Result:
     """One batch output or error line as the store keeps it: answered, or failed with why.
 
-    Raises ValueError, saying why, for a line without a readable `custom_id`. Bytes that
-    are not UTF-8 become U+FFFD, as in an online answer.
+    Raises ValueError, saying why, for a line without a readable `custom_id` and for a
+    request line (`A_REQUEST`): neither is a result. Bytes that are not UTF-8 become U+FFFD,
+    as in an online answer.
     """
     if len(line) > max_bytes:
         raise ValueError(f"longer than {max_bytes:,} bytes")
@@ -49,6 +55,8 @@ def result_of(line: bytes | str, *, max_bytes: int = MAX_LINE_BYTES) -> Result:
         raise ValueError("no custom_id")
     if not isinstance(key, str):
         raise ValueError(f"custom_id is a JSON {type(key).__name__}, not a string")
+    if data.get("response") is None and not data.get("error") and "body" in data:
+        raise ValueError(A_REQUEST)
     try:
         return _outcome(utf8_safe(key), data)
     except RecursionError:  # a body nested just under the decoder's limit
@@ -134,6 +142,7 @@ class ResultReader:
     max_bytes: int = MAX_LINE_BYTES
     lines_read: int = 0  # lines that are not blank
     unreadable: int = 0
+    requests: int = 0  # of which request lines (`A_REQUEST`), not results
     first: list[Unreadable] = field(default_factory=list)
 
     def __iter__(self) -> Iterator[Result]:
@@ -145,6 +154,7 @@ class ResultReader:
                 yield result_of(line, max_bytes=self.max_bytes)
             except ValueError as exc:
                 self.unreadable += 1
+                self.requests += str(exc) == A_REQUEST
                 if len(self.first) < KEEP_UNREADABLE:
                     self.first.append(Unreadable(self.file, number, str(exc)))
 

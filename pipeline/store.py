@@ -70,8 +70,9 @@ class BatchRecord:
     requests: int
     completed: int
     failed: int
-    created_at: float  # Unix time
-    deadline_at: float | None
+    created_at: float  # Unix time, when the batch was recorded, just before its upload
+    deadline_at: float | None  # as the submitting run set it; a run measures its own
+    # run.batch.deadline from created_at instead (`batches.due_at`)
 
 
 class Store:

@@ -10,6 +10,7 @@ from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 
 from .records import FAILED, PENDING, Request, Result
+from .render import reask_key
 
 Work = tuple[Request, int, Result | None]  # request, first re-ask to send, answer so far
 Stored = tuple[Result, int | None]  # a stored answer and the next re-ask it needs, if any
@@ -23,6 +24,7 @@ class Triage:
     send: list[Work] = field(default_factory=list)
     join: list[str] = field(default_factory=list)
     from_store: list[str] = field(default_factory=list)  # settled keys the store answered
+    held: list[str] = field(default_factory=list)  # settled pending: in an open batch
 
 
 def triage(
@@ -32,18 +34,23 @@ def triage(
     in_flight: Container[str],
     *,
     sending: bool,
+    held: Container[str] = frozenset(),
 ) -> Triage:
     """Sort `requests` by where their answer comes from.
 
     `stored`: answers in the store with the next re-ask each needs; `failed`: failed earlier
     in this run (not sent twice in one run); `sending`: False once the run stopped sending
-    (or never sends: `reparse`), when what is not settled stays pending.
+    (or never sends: `reparse`), when what is not settled stays pending; `held`: the keys in
+    open batches, pending until a batch answers them (never sent online: paid once).
     """
     plan = Triage()
     for key, request in requests.items():
         if key in stored:
             result, next_reask = stored[key]
-            if next_reask is None or not sending:
+            if next_reask is not None and reask_key(key, next_reask) in held:
+                plan.settled[key] = Result(key, PENDING)  # its re-ask is in an open batch
+                plan.held.append(key)
+            elif next_reask is None or not sending:
                 plan.settled[key] = result
                 plan.from_store.append(key)
             else:
@@ -52,6 +59,9 @@ def triage(
             plan.settled[key] = failed[key]
         elif key in in_flight:
             plan.join.append(key)
+        elif key in held:
+            plan.settled[key] = Result(key, PENDING)
+            plan.held.append(key)
         elif not sending and request.failed_before is not None:  # failed in an earlier run
             plan.settled[key] = Result(key, FAILED, error=request.failed_before)
         elif not sending:

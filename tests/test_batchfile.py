@@ -25,6 +25,7 @@ from pipeline.batchfile import (
     write_parts,
 )
 from pipeline.batchresults import (
+    A_REQUEST,
     Imported,
     ResultReader,
     file_lines,
@@ -169,7 +170,7 @@ def config_for(folder: Path, texts: list[str | None], **run: Any) -> Config:
     return Config.model_validate(
         {
             "input": {"path": str(folder / "in.csv")},
-            "prompt": {"template": "{{ text }} {{ 1 / n }}", "skip_null": ["text"]},
+            "prompt": {"template": "{{ text }} {{ 1 / (n | int) }}", "skip_null": ["text"]},
             "model": {"base_url": "http://127.0.0.1:9/v1", "name": "m"},
             "output": {"path": str(folder / "out.csv")},
             "run": {"store": str(folder / "store.db"), **run},
@@ -404,6 +405,18 @@ def test_a_long_error_message_is_cut_to_one_line() -> None:
 def test_a_line_without_a_readable_custom_id_is_a_value_error(line: bytes, why: str) -> None:
     with pytest.raises(ValueError, match=why):
         result_of(line)
+
+
+def test_a_request_line_is_no_result_and_the_reader_counts_it_apart() -> None:
+    request = Request(KEY, b'{"model":"m","messages":[]}', 1)
+    line = batchfile.request_line(request)
+    with pytest.raises(ValueError, match="not a result: was the file `pipeline batch export`"):
+        result_of(line)
+    answer = openai_line(KEY, completion("ok")).encode()
+    reader = read_results([line, answer, b"{broken", line], "requests.jsonl")
+    assert [r.status for r in reader] == [OK]
+    assert (reader.unreadable, reader.requests) == (3, 2)
+    assert [u.why for u in reader.first][::2] == [A_REQUEST, A_REQUEST]
 
 
 def test_a_ten_megabyte_answer_is_read() -> None:

@@ -178,9 +178,12 @@ def test_detach_submits_and_exits_then_a_plain_run_collects(
     assert summary["batches"] == [
         {"id": "batch_1", "state": "validating", "requests": 6, "completed": 0, "failed": 0}
     ]
+    assert (summary["rows"], summary["pending"], summary["batch_pending"]) == (6, 6, 6)
+    assert summary["answered"] == 0 and summary["output"] == ""
     assert "submitted 6 requests in batches" in ran.stderr
     assert not (tmp_path / "out/answers.parquet").exists()
-    assert not (tmp_path / "out/answers.summary.json").exists()
+    written = json.loads((tmp_path / "out/answers.summary.json").read_text())
+    assert written["batch_submitted"] == 6 and written["pending"] == 6
     assert (server.uploads, server.creates, server.polls, server.count) == (1, 1, 0, 0)
     assert batch_states(config) == ["submitted"]
 
@@ -189,7 +192,8 @@ def test_detach_submits_and_exits_then_a_plain_run_collects(
     assert (server.uploads, server.creates, server.count) == (1, 1, 0)
     assert server.polls >= 3 and server.downloads == 1
     assert collected.summary["batch_submitted"] == 0
-    assert collected.summary["answered"] == 6
+    assert collected.summary["answered"] == collected.summary["batch_collected"] == 6
+    assert collected.summary["from_store"] == 0
     assert_complete(config, rows)
     assert batch_states(config) == ["collected"]
 

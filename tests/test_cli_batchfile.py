@@ -115,6 +115,7 @@ def test_exported_requests_answered_by_a_batch_are_not_sent_again(
         ],
         "rows": 6,
         "already_answered": 0,
+        "in_open_batches": 0,
         "skipped": 0,
         "row_errors": 0,
     }

@@ -53,6 +53,19 @@ def test_triage_sends_nothing_once_the_run_stopped() -> None:
     assert plan.settled["reask"].status == OK
 
 
+def test_triage_never_sends_what_an_open_batch_holds() -> None:
+    requests = {k: request(k) for k in ("held", "reask", "failed_before", "new")}
+    requests["failed_before"].failed_before = "HTTP 500"
+    stored = {"reask": (Result("reask", OK, answer="?"), 1)}
+    held = {"held", "reask~1", "failed_before"}  # a key, a re-ask, a key that failed before
+    for sending in (True, False):
+        plan = triage(requests, stored, {}, (), sending=sending, held=held)
+        assert plan.held == ["held", "reask", "failed_before"]
+        assert [plan.settled[k].status for k in plan.held] == [PENDING] * 3
+        assert [w[0].key for w in plan.send] == (["new"] if sending else [])
+        assert plan.from_store == []
+
+
 # -- dispatcher --------------------------------------------------------------------------
 
 
