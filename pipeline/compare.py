@@ -8,7 +8,12 @@ store, so a rerun of the comparison sends nothing and a later `pipeline run` of 
 pays only for the rows outside the sample. Per variant: the evaluation against
 `output.gold` (when set), invalid and failed rates, tokens, the sample's cost and the
 whole table's projected cost (online and in batch), latency p50/p95 of the requests sent;
-between variants: agreement and Cohen's kappa (labels), and the rows where they differ.
+between variants: agreement and Cohen's kappa (labels), and the rows where they differ
+(a row a variant left pending or failed is counted apart, as unanswered by it).
+
+Warnings: variants that send identical requests (the store's key is model, messages and
+params, so they share their answers and comparing them says nothing), and gold labels
+outside `output.labels`.
 """
 
 from __future__ import annotations
@@ -24,12 +29,15 @@ import polars as pl
 from .agreement import agreement, cohen_kappa, percentile
 from .answers import META_COLUMNS
 from .catalog import price
+from .comparereport import unanswered_text
 from .config import Config
 from .configfile import load
 from .errors import ConfigError, LockError, PipelineError
 from .parse import Parser
 from .progress import Progress
+from .records import FAILED, PENDING, SKIPPED
 from .runner import model_price, open_input, open_source
+from .scoretable import gold_warning
 from .summary import Summary
 
 log = logging.getLogger(__name__)
@@ -104,10 +112,14 @@ def sample(
 async def _answer(
     variant: Variant, rows: pl.DataFrame, progress: Progress | None
 ) -> dict[str, Any]:
-    """Run the sample through one variant; its answered frame, summary and latencies."""
+    """Run the sample through one variant: its answered frame, summary and latencies, each
+    row's store key (None: skipped or not renderable) and status."""
+    from .job import render_rows
     from .runner import execute
 
     renderer = open_input(variant.config).renderer
+    requests, errors = render_rows(renderer, rows)
+    keys = tuple(None if r is None else r.key for r in requests)
     answered: list[pl.DataFrame] = []
     summary = Summary(output="", fail_threshold=variant.config.run.fail_threshold)
     latencies: list[float] = []
@@ -127,7 +139,19 @@ async def _answer(
             raise
         summary.fail(exc)
         log.error("variant %s: %s", variant.name, exc)
-    return {"frame": answered[0] if answered else None, "summary": summary, "latencies": latencies}
+    frame = answered[0] if answered else None
+    statuses = (  # stopped before answering: what it would send is pending
+        frame.get_column("_status").to_list()
+        if frame is not None
+        else [PENDING if k else FAILED if i in errors else SKIPPED for i, k in enumerate(keys)]
+    )
+    return {
+        "frame": frame,
+        "summary": summary,
+        "latencies": latencies,
+        "keys": keys,
+        "statuses": statuses,
+    }
 
 
 def answers_of(config: Config, frame: pl.DataFrame) -> list[Any]:
@@ -194,6 +218,8 @@ def compare(
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Run the sample through every variant; the comparison as `pipeline compare` prints it."""
+    if n < 1:
+        raise ConfigError(f"compare needs a sample of 1 row or more, not {n} (-n)")
     found = variants(path, overrides, specs)
     base = found[0].config
     rows, numbers, table_rows = sample(base, n, how, seed)
@@ -224,8 +250,60 @@ def compare(
         for i, a in enumerate(found)
         for b in found[i + 1 :]
     ]
-    report["disagreements"] = _disagreements(rows, numbers, base, answers)
+    statuses = {v.name: ran["statuses"] for v, ran in zip(found, runs, strict=True)}
+    report["disagreements"] = _disagreements(rows, numbers, base, answers, statuses)
+    report["identical_requests"] = _identical(found, [ran["keys"] for ran in runs])
+    report["warnings"] = _warnings(found, report)
     return report
+
+
+def _identical(found: list[Variant], keys: list[tuple[str | None, ...]]) -> list[list[str]]:
+    """Groups of variants whose requests for the sample are the same, key for key."""
+    groups: dict[tuple[str | None, ...], list[str]] = {}
+    for variant, requests in zip(found, keys, strict=True):
+        if any(requests):
+            groups.setdefault(requests, []).append(variant.name)
+    return [names for names in groups.values() if len(names) > 1]
+
+
+def _warnings(found: list[Variant], report: dict[str, Any]) -> list[str]:
+    """What makes the comparison say less than it seems: shared answers, odd gold labels."""
+    warnings = []
+    outputs = {v.name: v.config.output for v in found}
+    shared = "send identical requests: their answers are shared from the store, so"
+    for names in report["identical_requests"]:
+        alike: list[list[str]] = []  # the same requests, parsed alike
+        for name in names:
+            group = next((g for g in alike if outputs[g[0]] == outputs[name]), None)
+            if group is None:
+                alike.append([name])
+            else:
+                group.append(name)
+        warnings += [
+            f"variants {_names(group)} {shared} comparing them says nothing; change the model "
+            "name or a parameter"
+            for group in alike
+            if len(group) > 1
+        ]
+        if len(alike) > 1:
+            warnings.append(
+                f"variants {_names(names)} {shared} only their output settings (how answers "
+                "are parsed and scored) differ"
+            )
+    scored = [v for v in report["variants"] if v["evaluation"]]
+    by_text: dict[str, list[str]] = {}
+    for v in scored:
+        if text := gold_warning(v["evaluation"].get("gold_not_in_labels") or {}):
+            by_text.setdefault(text, []).append(v["name"])
+    for text, names in by_text.items():
+        which = "" if len(names) == len(scored) else f" (variant{'s' * (len(names) > 1)} "
+        warnings.append(text + (f"{which}{_names(names)})" if which else ""))
+    return warnings
+
+
+def _names(names: list[str]) -> str:
+    """a, b and c."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def _fresh(progress: Progress | None) -> Progress | None:
@@ -234,18 +312,30 @@ def _fresh(progress: Progress | None) -> Progress | None:
 
 
 def _disagreements(
-    rows: pl.DataFrame, numbers: list[int], base: Config, answers: dict[str, list[Any]]
+    rows: pl.DataFrame,
+    numbers: list[int],
+    base: Config,
+    answers: dict[str, list[Any]],
+    statuses: dict[str, list[str]],
 ) -> dict[str, Any]:
-    """The rows where the variants' answers differ, with their input columns and gold."""
+    """The rows where the variants' answers differ, with their input columns and gold.
+
+    A variant with no answer on a row (pending or failed) is left out of that row's
+    comparison and counted in `unanswered` instead: no answer is not a different answer.
+    """
     meta = set(META_COLUMNS)
     columns = [c for c in rows.columns if c not in meta and c != base.output.gold][:SHOWN_COLUMNS]
     gold = rows.get_column(base.output.gold).to_list() if base.output.gold else None
     names = list(answers)
     shown: list[dict[str, Any]] = []
     total = 0
+    unanswered = dict.fromkeys(names, 0)
     for index in range(rows.height):
         given = [answers[name][index] for name in names]
-        if len({repr(value) for value in given}) <= 1:
+        answering = [name for name in names if statuses[name][index] not in (PENDING, FAILED)]
+        for name in names:
+            unanswered[name] += name not in answering
+        if len({repr(answers[name][index]) for name in answering}) <= 1:
             continue
         total += 1
         if len(shown) < SHOWN_DISAGREEMENTS:
@@ -259,7 +349,7 @@ def _disagreements(
                     },
                 }
             )
-    return {"columns": columns, "rows": shown, "total": total}
+    return {"columns": columns, "rows": shown, "total": total, "unanswered": unanswered}
 
 
 def _cell(value: Any) -> Any:
@@ -299,7 +389,11 @@ def format_compare(report: dict[str, Any]) -> str:
             f"{pair['a']} vs {pair['b']}: agree {_shown(pair['agreement'], '{:.1%}')}{kappa}"
         )
     total = report["disagreements"]["total"]
-    lines.append(f"rows where the variants differ: {total} of {report['sample']['rows']}")
+    line = f"rows where the variants differ: {total} of {report['sample']['rows']}"
+    if unanswered := unanswered_text(report["disagreements"].get("unanswered") or {}):
+        line += f"; not counted: {unanswered}"
+    lines.append(line)
+    lines += [f"warning: {warning}" for warning in report.get("warnings") or []]
     return "\n".join(lines)
 
 

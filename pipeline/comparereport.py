@@ -1,6 +1,7 @@
 """Comparison page: the JSON of `pipeline compare` -> one self-contained HTML page.
 
-The per-variant table with the best value of each column shaded, a confusion heat map per
+The warnings (variants that share their answers, gold labels outside output.labels), the
+per-variant table with the best value of each column shaded, a confusion heat map per
 variant, accuracy against projected cost, the agreement matrix and the rows where the
 variants disagree. The page's frame and the rules it keeps (inline CSS and SVG, every value
 escaped, the same data giving the same bytes) are report.py's.
@@ -40,9 +41,12 @@ def compare_report(data: Mapping[str, Any]) -> str:
         f" ({_e(how)}) · {len(variants)} variant{'s' * (len(variants) != 1)}",
         *_generated(data),
     ]
-    sections: list[Section | list[Section]] = [
-        ("Variants", _variants_table(data, variants, colour))
-    ]
+    sections: list[Section | list[Section]] = []
+    if warnings := [w for w in data.get("warnings") or [] if isinstance(w, str)]:
+        sections.append(
+            ("Warnings", "".join(f'<div class="alert">{_e(w)}</div>' for w in warnings))
+        )
+    sections.append(("Variants", _variants_table(data, variants, colour)))
     if maps := _heatmaps(variants):
         sections.append(("Confusion matrices", maps))
     if fields := _fields_table(variants):
@@ -217,6 +221,15 @@ def _agreement(data: Mapping[str, Any], variants: list[Mapping[str, Any]]) -> st
     return _table(head, rows) + f'<p class="note">{note}</p>'
 
 
+def unanswered_text(counts: Mapping[str, Any]) -> str:
+    """'18 rows unanswered by bad, 2 by mini' (pending or failed); empty when none."""
+    parts = [(name, n) for name, n in counts.items() if isinstance(n, int) and n]
+    return ", ".join(
+        f"{n} row{'s' * (n != 1)} unanswered by {name}" if i == 0 else f"{n} by {name}"
+        for i, (name, n) in enumerate(parts)
+    )
+
+
 def _key(kind: Any, value: Any) -> Any:
     """What two answers are compared by: labels and texts without case and spacing."""
     if value is None:
@@ -232,8 +245,16 @@ def _disagreements(data: Mapping[str, Any], variants: list[Mapping[str, Any]]) -
     shown = [r for r in found.get("rows") or [] if isinstance(r, Mapping)]
     total = _int(found.get("total", len(shown)))
     heading = f"Rows where the variants disagree: {len(shown)} of {total} shown"
+    counts = found.get("unanswered")
+    unanswered = unanswered_text(counts) if isinstance(counts, Mapping) else ""
+    apart = (
+        f'<p class="note">Not counted as disagreements: {_e(unanswered)} (pending or failed: '
+        "no answer to compare).</p>"
+        if unanswered
+        else ""
+    )
     if not shown:
-        return heading, '<p class="note">No row to show.</p>'
+        return heading, f'<p class="note">No row to show.</p>{apart}'
     kind, gold = data.get("kind"), data.get("gold")
     columns = list(found.get("columns") or [])
     names = [v.get("name") for v in variants]
@@ -261,4 +282,4 @@ def _disagreements(data: Mapping[str, Any], variants: list[Mapping[str, Any]]) -
         if gold
         else "Yellow: an answer other than the row's most common one."
     )
-    return heading, _table(head, rows) + f'<p class="note">{legend} {DASH}: no answer.</p>'
+    return heading, _table(head, rows) + f'<p class="note">{legend} {DASH}: no answer.</p>{apart}'

@@ -10,7 +10,9 @@ Pure functions over plain Python lists (no I/O, no polars), for `pipeline run` w
   for `json` a cell that is not an object
   or holds none of the fields scored, for `label` one that is only punctuation, for `label`
   and `text` one that is not a string, number or boolean;
-- invalid and failed rows are scored, as wrong, and counted (`invalid`, `failed`).
+- invalid and failed rows are scored, as wrong, and counted (`invalid`, `failed`);
+- for `label`, a gold label outside `labels` is scored (no answer can match it) and counted
+  in `gold_not_in_labels`: usually a typo in the gold column.
 
 Comparing: `label` answers and gold go through the label parser's normalisation (case,
 whitespace, `_`/`-`, surrounding punctuation, a "label:" prefix), so gold "Billing" is the
@@ -82,6 +84,7 @@ class Evaluation:
     confusion: tuple[tuple[int, ...], ...] = ()
     fields: tuple[FieldScore, ...] = ()
     exact_match: float | None = None  # json: the same as accuracy
+    gold_not_in_labels: tuple[tuple[str, int], ...] = ()  # label: (gold label, scored rows)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe, ratios rounded to 4 decimals; label and json keys only for their kind."""
@@ -118,6 +121,7 @@ class Evaluation:
                 "predicted": [*self.confusion_labels, NO_ANSWER],
                 "matrix": [list(row) for row in self.confusion],
             }
+            data["gold_not_in_labels"] = dict(self.gold_not_in_labels)
         if self.kind == "json":
             data["exact_match"] = _round(self.exact_match)
             data["fields"] = {
@@ -213,7 +217,9 @@ def _score_labels(
     matrix = [[0] * (len(names) + 1) for _ in names]
     for gold_key, answered in pairs:
         matrix[index[gold_key]][len(names) if answered is None else index[answered]] += 1
-    return _with_labels(base, list(names.values()), matrix)
+    outside = Counter(g for g, _ in pairs if allowed and g not in allowed)  # in order met
+    unknown = tuple((names[g], n) for g, n in outside.items())
+    return replace(_with_labels(base, list(names.values()), matrix), gold_not_in_labels=unknown)
 
 
 def _with_labels(base: Evaluation, names: list[str], matrix: list[list[int]]) -> Evaluation:
@@ -241,8 +247,8 @@ def _with_labels(base: Evaluation, names: list[str], matrix: list[list[int]]) ->
 
 
 def merge(parts: Sequence[Evaluation]) -> Evaluation:
-    """One evaluation of consecutive chunks' rows, as if scored at once (row numbers of bad
-    gold counted over the whole)."""
+    """One evaluation of consecutive chunks' rows, as if scored at once (a label matched by
+    its key and shown as first met, row numbers of bad gold counted over the whole)."""
     if not parts:
         raise ValueError("nothing to merge")
     kind = parts[0].kind
@@ -266,15 +272,23 @@ def merge(parts: Sequence[Evaluation]) -> Evaluation:
         unscored_pending=sum(p.unscored_pending for p in parts),
     )
     if kind == "label":
-        names = list(dict.fromkeys(name for p in parts for name in p.confusion_labels))
-        index = {name: i for i, name in enumerate(names)}
-        matrix = [[0] * (len(names) + 1) for _ in names]
+        shown: dict[str, str] = {}  # a label's key -> its name as first met ("Refund")
         for part in parts:
-            columns = [index[n] for n in part.confusion_labels] + [len(names)]
+            for name in part.confusion_labels:
+                shown.setdefault(norm_label(name), name)
+        names = list(shown.values())
+        index = {key: i for i, key in enumerate(shown)}
+        matrix = [[0] * (len(names) + 1) for _ in names]
+        unknown: Counter[str] = Counter()
+        for part in parts:
+            for name, rows in part.gold_not_in_labels:
+                unknown[shown[norm_label(name)]] += rows
+            columns = [index[norm_label(n)] for n in part.confusion_labels] + [len(names)]
             for name, row in zip(part.confusion_labels, part.confusion, strict=True):
                 for column, count in zip(columns, row, strict=True):
-                    matrix[index[name]][column] += count
-        return _with_labels(base, names, matrix)
+                    matrix[index[norm_label(name)]][column] += count
+        merged = _with_labels(base, names, matrix)
+        return replace(merged, gold_not_in_labels=tuple(unknown.items()))
     accuracy = _ratio(base.correct, base.scored)
     if kind == "json":
         scored: Counter[str] = Counter()

@@ -16,7 +16,7 @@ import jinja2
 import jinja2.meta
 
 from .config import ModelConfig, OutputConfig, PromptConfig
-from .errors import InputError
+from .errors import InputError, printable
 from .images import MIB, ImageReader
 from .parse import response_format
 from .records import Request
@@ -168,6 +168,8 @@ class Renderer:
                 used |= jinja2.meta.find_undeclared_variables(env.parse(prompt.system))
         except jinja2.TemplateSyntaxError as exc:
             raise InputError(f"prompt template, line {exc.lineno}: {exc.message}") from None
+        # `{{ labels }}` is output.labels: changing them changes every request
+        self.uses_labels = bool(self._labels) and "labels" in used and "labels" not in columns
         if self._labels and "labels" not in columns:
             used.discard("labels")
         self.variables = sorted(used)
@@ -182,7 +184,7 @@ class Renderer:
                 )
                 raise InputError(
                     f"{where} uses column '{name}', which the input does not have; "
-                    f"its columns are: {', '.join(columns)}"
+                    f"its columns are: {', '.join(map(printable, columns))}"
                 )
         self.skip_null = list(prompt.skip_null)
         self.images = list(prompt.images)

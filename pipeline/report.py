@@ -18,6 +18,7 @@ from typing import Any
 
 from .charts import _bars, _counted, _heatmap, _status_bar
 from .htmltext import DASH, _cut, _e, _fixed, _int, _number, _pct, _usd
+from .scoretable import gold_warning
 
 Section = tuple[str, str]  # heading, HTML
 
@@ -149,6 +150,9 @@ def _evaluation(evaluation: Mapping[str, Any]) -> str:
     ]
     if passed:
         out += f'<p class="note">Not scored: {", ".join(passed)}.</p>'
+    unknown = evaluation.get("gold_not_in_labels")
+    if isinstance(unknown, Mapping) and (warning := gold_warning(unknown)):
+        out += f'<div class="alert"><b>warning:</b> {_e(warning)}</div>'
     if labels := evaluation.get("labels") or {}:
         heads = ("Precision", "Recall", "F1", "Support", "Answered")
         head = "<tr><th>Label</th>" + "".join(f'<th class="n">{h}</th>' for h in heads)

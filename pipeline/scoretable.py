@@ -3,7 +3,7 @@ per-label precision/recall/F1 or per-field accuracy, and a small confusion matri
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from .evaluate import Evaluation
 
@@ -23,6 +23,8 @@ def format_table(evaluation: Evaluation) -> str:
             )
         lines += _label_rows(e)
         lines += _confusion_rows(e)
+        if warning := gold_warning(dict(e.gold_not_in_labels)):
+            lines += ["", f"warning: {warning}"]
     elif e.kind == "json" and e.fields:
         width = _width(f.field for f in e.fields)
         lines += ["", f"{'field':<{width}}  accuracy  correct   scored"]
@@ -32,6 +34,17 @@ def format_table(evaluation: Evaluation) -> str:
                 f"{f.scored:>7}"
             )
     return "\n".join(lines)
+
+
+def gold_warning(unknown: Mapping[str, int]) -> str | None:
+    """The warning for gold labels outside output.labels (label: rows), None when none."""
+    if not unknown:
+        return None
+    shown = ", ".join(f"'{name}' ({n} row{'s' * (n != 1)})" for name, n in unknown.items())
+    return (
+        f"gold values not in output.labels: {shown}; no answer can match them, so "
+        "those rows count as wrong: usually a typo in the gold column"
+    )
 
 
 def _headline(e: Evaluation) -> str:

@@ -80,7 +80,7 @@ def test_compare_scores_each_variant_and_a_rerun_sends_nothing(job: Path) -> Non
     assert [r["row"] for r in disagreements["rows"]] == [3, 7, 11, 15]
     assert disagreements["rows"][0] == {
         "row": 3,
-        "input": {"id": 2, "text": "feature 2"},
+        "input": {"id": "2", "text": "feature 2"},  # CSV columns are text
         "gold": "feature",
         "answers": {"fake": "feature", "other": "bug"},
     }

@@ -494,3 +494,41 @@ def test_merging_json_chunks_sums_fields() -> None:
         score("json", answers[1:], gold[1:], statuses[1:]),
     ]
     assert merge(parts).to_dict() == whole.to_dict()
+
+
+# --- gold labels outside output.labels ---------------------------------------------------
+
+
+def test_gold_labels_outside_the_labels_are_counted_and_still_scored() -> None:
+    gold = ["billing", "refund", "Refund", "bug", "refnd", None, "refund"]  # Refund: refund
+    answers = ["billing", "billing", None, "bug", "bug", "bug", "bug"]
+    statuses = ["ok", "ok", "failed", "ok", "ok", "ok", "pending"]  # pending: not scored
+    e = score("label", answers, gold, statuses, labels=["billing", "bug"])
+    assert e.gold_not_in_labels == (("refund", 2), ("refnd", 1))
+    data = e.to_dict()
+    assert data["gold_not_in_labels"] == {"refund": 2, "refnd": 1}
+    assert data["labels"]["refund"]["support"] == 2 and data["labels"]["refund"]["f1"] == 0.0
+    assert e.scored == 5 and e.correct == 2
+    parts = [
+        score(
+            "label",
+            answers[i : i + 2],
+            gold[i : i + 2],
+            statuses[i : i + 2],
+            labels=["billing", "bug"],
+        )
+        for i in range(0, len(gold), 2)
+    ]
+    assert merge(parts).to_dict() == data
+    table = format_table(e).splitlines()
+    assert table[-1] == (
+        "warning: gold values not in output.labels: 'refund' (2 rows), 'refnd' (1 row); no "
+        "answer can match them, so those rows count as wrong: usually a typo in the gold column"
+    )
+
+
+def test_gold_labels_all_in_the_labels_give_no_warning() -> None:
+    e = score("label", ["bug"], ["Bug"], ["ok"], labels=["billing", "bug"])
+    assert e.gold_not_in_labels == () and e.to_dict()["gold_not_in_labels"] == {}
+    assert "warning" not in format_table(e)
+    assert "gold_not_in_labels" not in score("text", ["x"], ["y"], ["ok"]).to_dict()
