@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from .checks import check_new_columns
 from .config import DEFAULT_MODEL, Config, ModelConfig, OutputConfig, PromptConfig
-from .errors import ConfigError
+from .errors import ConfigError, PipelineError, RunStopped
 from .render import Renderer
 from .runconfig import RunConfig
 from .runner import execute, log_run
@@ -93,9 +93,15 @@ async def amap_rows(
             total=df.height,
             transport=transport,
         )
+    except PipelineError as exc:
+        summary.fail(exc)
+        raise
     finally:
         log_run(summary, config, "map_rows")
-    return pl.concat(parts) if parts else df
+    answered = pl.concat(parts) if parts else df
+    if summary.stopped:
+        raise RunStopped(summary.stopped, partial=answered)
+    return answered
 
 
 def map_rows(
@@ -111,6 +117,11 @@ def map_rows(
     Options are the config keys by name (`system`, `base_url`, `params`, `concurrency`,
     `store`, `parse`, `labels`, `schema`, ...). Answers are kept in the store
     (default `.pipeline/map_rows.db`), so calling again sends nothing already answered.
+
+    A row that fails or does not parse gets a null answer (`include_meta=True` adds
+    `_status` and `_error`). A run that stops early (key or model rejected, budget reached,
+    endpoint down, every request the same error) raises `RunStopped`, whose `partial` is
+    the frame with what was answered (None when nothing was sent).
     """
     coroutine = amap_rows(
         df, template=template, model=model, output_column=output_column, **options

@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from .errors import AuthError, FatalRequestError, RateLimited, RequestError, RetryableError
+from .redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +54,11 @@ class Breaker:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self.base_url = base_url
+        self.base_url = redact_url(base_url)  # named in messages only: no password
         self.max_outage_s = max_outage_s
         self.reason: str | None = None  # why the run must stop sending; set once
+        self.down = False  # `reason` is the endpoint's: it stayed down for max_outage_s
+        self.answers = 0  # attempts the endpoint answered (an answer, a 4xx or a 429)
         self.probes = 0  # probes sent in this run, over all pauses
         self._clock = clock
         self._sleep = sleep
@@ -131,6 +134,7 @@ class Breaker:
         if error is not None and is_outage(error):
             self._count_failure(error, probe=probe)
             return self._paused_at is not None
+        self.answers += 1
         if error is None or not isinstance(error, RateLimited):
             self._failures = self._same = 0
         if self._paused_at is not None:
@@ -202,6 +206,7 @@ class Breaker:
         else:
             what = f"the endpoint {self.base_url} is down: {spent}, the last with '{last}'"
         self.reason = f"{what}; answered rows are kept, rerun to resume"
+        self.down = True
         self._wake()
 
     def _window_over(self, now: float) -> bool:

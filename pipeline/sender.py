@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from .breaker import Breaker
+from .breaker import Breaker, is_outage
 from .catalog import Price
 from .client import ChatClient, Completion
 from .config import Config
@@ -23,6 +23,7 @@ from .errors import AuthError, FatalRequestError, RateLimited, RequestError, Ret
 from .limiter import REFUSED_STOP_S, Pacer
 from .ratelimit import rate_headers
 from .records import FAILED, OK, PENDING, Request, Result
+from .redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +41,39 @@ class Counters:
     cost_usd: float = 0.0
 
 
+class CostCap:
+    """`run.max_cost_usd` against what the run spent: why sending stops, and what it cost.
+
+    Sending stops once the spend reaches the cap, but the requests then in flight still
+    answer and are paid for: the reason says what was spent when sending stopped and, once
+    they added to it, the total (the summary's `cost_usd`).
+    """
+
+    def __init__(self, cap: float | None) -> None:
+        self.cap = cap
+        self.reached_usd: float | None = None  # the spend when the cap stopped sending
+        self.reason: str | None = None  # the last reason given
+
+    def check(self, spent: float, stopped: str | None) -> str | None:
+        """The run's stop reason now that it spent `spent` USD, given its reason so far:
+        the cap's once reached (unless the run stopped for another reason first)."""
+        if self.cap is None or spent < self.cap or stopped not in (None, self.reason):
+            return stopped
+        if self.reached_usd is None:
+            self.reached_usd = spent
+        said = (
+            f"spent ${self.reached_usd:.4f} when the budget run.max_cost_usd "
+            f"(${self.cap:g}) was reached"
+        )
+        if f"{spent:.4f}" != f"{self.reached_usd:.4f}":
+            said += f"; requests in flight then brought the total to ${spent:.4f}"
+        self.reason = f"{said}; rerun with a higher budget to continue"
+        return self.reason
+
+
 def over_budget(counters: Counters, config: Config) -> str | None:
     """Why sending stops when the spend reached `run.max_cost_usd`; None: within it."""
-    budget = config.run.max_cost_usd
-    if budget is None or counters.cost_usd < budget:
-        return None
-    return (
-        f"spent ${counters.cost_usd:.4f}, the budget run.max_cost_usd is ${budget:g}; "
-        "rerun (with a higher budget) to continue"
-    )
+    return CostCap(config.run.max_cost_usd).check(counters.cost_usd, None)
 
 
 class _Stopped(Exception):
@@ -77,8 +102,10 @@ class Sender:
         self.breaker = Breaker(
             config.model.base_url, config.run.max_outage_s, clock=clock, sleep=sleep
         )
+        self._cap = CostCap(config.run.max_cost_usd)
         self._auth_failures = 0
         self._backing_off = 0  # requests sleeping before their next retry
+        self._gave_up: dict[str, int] = {}  # gave up on an outage: the breaker's answers then
         self.latencies: list[float] | None = None  # seconds per answer, when a caller wants them
 
     def waiting(self) -> str | None:
@@ -98,6 +125,19 @@ class Sender:
             self.stop_reason = reason
             log.error("stopping: %s", reason)
         self.breaker.halt()
+
+    def unanswered(self, key: str) -> bool:
+        """Whether request `key` may have failed only because the endpoint is down: it gave up
+        on a connection failure, timeout or 5xx after the endpoint's last answer, and since
+        then the endpoint answered nothing and the run stopped for no other reason.
+
+        Once the outage stops the run, such a request is as unanswered as those never sent:
+        with concurrency 1, say, a row can spend its retries before the tenth failure in a
+        row pauses sending, and its failure says nothing about the row.
+        """
+        if self.stop_reason is not None and not self.breaker.down:
+            return False
+        return self._gave_up.get(key) == self.breaker.answers
 
     async def send(self, request: Request) -> Result:
         """The row's result: answered, failed (with the error) or pending (run stopped)."""
@@ -120,6 +160,8 @@ class Sender:
             self._auth_failures = 0
             return Result(request.key, FAILED, error=str(exc), attempts=tries[0])
         except RetryableError as exc:
+            if is_outage(exc):
+                self._gave_up[request.key] = self.breaker.answers
             error = f"{exc} (gave up after {tries[0]} attempts)"
             return Result(request.key, FAILED, error=error, attempts=tries[0])
         except Exception as exc:  # the per-row boundary: record, never swallow
@@ -219,8 +261,10 @@ class Sender:
             self.counters.cost_usd += self.price.cost(
                 completion.prompt_tokens, completion.completion_tokens
             )
-            if reason := over_budget(self.counters, self._config):
+            reason = self._cap.check(self.counters.cost_usd, self.stop_reason)
+            if self.stop_reason is None and reason is not None:
                 self.stop(reason)
+            self.stop_reason = reason  # past the cap: the total the answers in flight make
         return completion
 
     def _auth_advice(self, exc: AuthError) -> str:
@@ -232,5 +276,6 @@ class Sender:
         elif exc.status == 403:
             hint = f"the API key may not use model '{model.name}': check {model.api_key_env}"
         else:
-            hint = f"check model.name '{model.name}' and model.base_url '{model.base_url}'"
+            url = redact_url(model.base_url)
+            hint = f"check model.name '{model.name}' and model.base_url '{url}'"
         return f"{AUTH_STOP_AFTER} requests in a row answered {exc}; {hint}"

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,9 @@ from typing import Any
 import polars as pl
 import pytest
 from e2e import ROOT, run_cli, write_config
-from fake_server import FakeServer
+from fake_server import FakeServer, echo
+
+from pipeline.lock import Lock
 
 
 @pytest.fixture
@@ -70,6 +74,65 @@ def test_the_budget_stops_sending_and_the_next_run_continues(
     done = run_cli("run", str(config), "--set", "run.max_cost_usd=10")
     assert done.code == 0
     assert server.count == 40 and done.summary["requests_sent"] == 40 - sent
+
+
+def test_the_budget_stop_says_the_spend_then_and_the_total_the_requests_in_flight_made(
+    tmp_path: Path,
+) -> None:
+    """Two requests in flight, neither answered before both were sent; the first answer
+    reaches the budget. The second is still paid for: the stop says what was spent when the
+    budget was reached and the total after, which is the summary's cost."""
+    table(tmp_path, 3)  # each request: 1 prompt + 2 completion tokens, at $1,000 per million
+    both_sent = threading.Barrier(2, timeout=30)
+
+    def answer(body: dict[str, Any]) -> str:
+        both_sent.wait()
+        return echo(body)
+
+    with FakeServer(answer=answer) as server:
+        config = write_config(
+            tmp_path,
+            server.base_url,
+            model={"pricing": {"input_per_million": 1000, "output_per_million": 1000}},
+            run={"concurrency": 2, "max_cost_usd": 0.002},
+        )
+        ran = run_cli("run", str(config))
+        assert server.count == 2
+    assert ran.code == 3, ran.stderr
+    reached = "spent $0.0030 when the budget run.max_cost_usd ($0.002) was reached"
+    assert f"stopping: {reached}; rerun with a higher budget to continue" in ran.stderr
+    stopped = (
+        f"{reached}; requests in flight then brought the total to $0.0060; rerun with a "
+        "higher budget to continue"
+    )
+    assert f"stopped early: {stopped}\n" in ran.stderr
+    summary = ran.summary
+    assert summary["stopped"] == stopped
+    assert summary["cost_usd"] == pytest.approx(0.006)
+    assert (summary["answered"], summary["pending"]) == (2, 1)
+    end = next(line for line in ran.stderr.splitlines() if "end of run" in line)
+    assert end.endswith("cost $0.0060")
+
+
+def test_validate_and_preview_only_read_so_a_held_store_does_not_stop_them(
+    tmp_path: Path, server: FakeServer
+) -> None:
+    """The CLI reference lists exit 4 (another run holds the store) for the commands that
+    take the lock, and not for validate and preview, which never do."""
+    table(tmp_path, 3)
+    config = write_config(tmp_path, server.base_url)
+    assert run_cli("run", str(config)).code == 0
+    with Lock(tmp_path / "out/store.db"):
+        busy = run_cli("run", str(config))
+        validate = run_cli("validate", str(config))
+        preview = run_cli("preview", str(config))
+    assert busy.code == 4, busy.stderr
+    assert validate.code == 0 and validate.stdout.startswith("ok: 3 rows"), validate.stderr
+    assert preview.code == 0 and json.loads(preview.stdout)["already_answered"] == 3
+    reference = (ROOT / "docs/cli.md").read_text(encoding="utf-8")
+    for command, listed in (("run", True), ("validate", False), ("preview", False)):
+        text = reference.partition(f"\n## pipeline {command}\n")[2].partition("\n## ")[0]
+        assert bool(re.search(r"^\| 4 \| another run", text, re.M)) is listed, command
 
 
 def test_cost_comes_from_the_endpoint_or_is_unknown(tmp_path: Path) -> None:

@@ -313,6 +313,9 @@ class AnswerSender:
     def stop(self, reason: str) -> None:
         self.stop_reason = reason
 
+    def unanswered(self, key: str) -> bool:
+        return False
+
     async def send(self, request: Request) -> Result:
         n = int(json.loads(request.payload)["messages"][-1]["content"])
         self.counters.requests_sent += 1
@@ -339,7 +342,7 @@ def make_config(tmp: Path, run: dict[str, object] | None = None) -> Config:
     )
 
 
-def test_invalid_answers_and_failures_are_counted_when_known(tmp_path: Path) -> None:
+def test_answers_count_as_they_arrive_and_invalid_ones_move_when_parsed(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     renderer = Renderer(config.prompt, config.model, ["d", "n"], config.output)
     sender: Any = AnswerSender()
@@ -359,21 +362,24 @@ def test_invalid_answers_and_failures_are_counted_when_known(tmp_path: Path) -> 
         finally:
             await job.close()
             job.store.close()
-        # every row settled; the answers are parsed when the chunk is finished
-        shown = ("ok", "invalid", "unparsed", "failed", "sent")
-        assert {k: settled.get(k) for k in shown} == {
-            "ok": 0,
+        # every row settled: the 4 answered count at once; the chunk is parsed when it is
+        # finished, and the garbage answer then moves from answered to invalid
+        assert dict(settled) == {
+            "answered": 4,
             "invalid": 0,
-            "unparsed": 4,
             "failed": 2,
             "sent": 4,
+            "retries": 0,
+            "tokens": 0,
         }
-        assert {k: final.get(k) for k in shown} == {
-            "ok": 3,
+        assert dict(final) == {
+            "answered": 3,
             "invalid": 1,
-            "unparsed": None,
             "failed": 2,
             "sent": 4,
+            "retries": 0,
+            "tokens": 0,
         }
+        assert (job.summary.answered, job.summary.invalid, job.summary.failed) == (3, 1, 2)
 
     run(body)
