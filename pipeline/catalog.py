@@ -16,7 +16,8 @@ import httpx
 
 from .client import error_detail
 from .config import ModelConfig
-from .errors import CatalogUnavailable, RunStopped
+from .errors import CatalogUnavailable, EndpointUnreachable, RunStopped
+from .redact import redact_in, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class Catalog:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._base_url = base_url
         self._client = httpx.Client(
             base_url=base_url.rstrip("/") + "/",
             headers=headers,
@@ -59,7 +61,10 @@ class Catalog:
         try:
             response = self._client.get(path)
         except httpx.HTTPError as exc:
-            raise CatalogUnavailable(f"{type(exc).__name__}: {exc}") from None
+            message = redact_in(f"{type(exc).__name__}: {exc}", self._base_url)
+            if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+                raise EndpointUnreachable(message) from None
+            raise CatalogUnavailable(message) from None
         if response.status_code == 404:
             return None
         if response.status_code != 200:
@@ -113,8 +118,9 @@ class Preflight:
     note: str | None = None
 
 
-def preflight(catalog: Catalog, name: str) -> Preflight:
-    """Check that the endpoint serves `name`, as far as its routes allow."""
+def preflight(catalog: Catalog, name: str, *, strict: bool = False) -> Preflight:
+    """Check that the endpoint serves `name`, as far as its routes allow; `strict` (validate)
+    raises `EndpointUnreachable` where a run goes on (its requests are retried)."""
     try:
         found = catalog.show(name)
         if found is not None:
@@ -123,6 +129,8 @@ def preflight(catalog: Catalog, name: str) -> Preflight:
     except CatalogUnavailable as exc:
         if exc.status in (401, 403):
             raise  # the key: every chat request would be refused too
+        if strict and isinstance(exc, EndpointUnreachable):
+            raise
         return Preflight(note=f"could not check model '{name}' ({exc}); going on")
     if listed is None:
         return Preflight(note="the endpoint serves no model list; model check skipped")
@@ -136,13 +144,19 @@ def preflight(catalog: Catalog, name: str) -> Preflight:
     )
 
 
-def check_model(model: ModelConfig, api_key: str | None) -> Preflight:
-    """Preflight `model.name` at `model.base_url`; raise `RunStopped` when it is not served."""
+def check_model(model: ModelConfig, api_key: str | None, *, strict: bool = False) -> Preflight:
+    """Preflight `model.name` at `model.base_url`; raise `RunStopped` when it is not served,
+    and with `strict` when the endpoint cannot be reached."""
     catalog = Catalog(model.base_url, api_key)
     try:
-        checked = preflight(catalog, model.name)
+        checked = preflight(catalog, model.name, strict=strict)
+    except EndpointUnreachable as exc:
+        raise RunStopped(
+            f"cannot reach the endpoint {redact_url(model.base_url)} (config key "
+            f"model.base_url): {exc}; check the address and that the server is up"
+        ) from None
     except CatalogUnavailable as exc:
-        raise RunStopped(key_advice(model, api_key is not None, str(exc))) from None
+        raise RunStopped(key_advice(model.api_key_env, api_key is not None, str(exc))) from None
     finally:
         catalog.close()
     if checked.error:
@@ -150,14 +164,15 @@ def check_model(model: ModelConfig, api_key: str | None) -> Preflight:
     return checked
 
 
-def key_advice(model: ModelConfig, key_set: bool, answer: str) -> str:
-    """What to do when the endpoint refuses the key (401/403)."""
+def key_advice(key_env: str, key_set: bool, answer: str, setting: str = "model.api_key_env") -> str:
+    """What to do when the endpoint refuses the key (401/403); `setting` names where the
+    variable `key_env` was chosen."""
     if not key_set:
         return (
             f"the endpoint refused the request ({answer}) and the variable "
-            f"{model.api_key_env} is not set: put your API key there (model.api_key_env)"
+            f"{key_env} is not set: put your API key there ({setting})"
         )
-    return f"the endpoint rejected the API key ({answer}): check the variable {model.api_key_env}"
+    return f"the endpoint rejected the API key ({answer}): check the variable {key_env}"
 
 
 def price(model: ModelConfig, found: dict[str, Any] | None) -> Price | None:

@@ -13,8 +13,9 @@ from urllib.parse import urlsplit
 
 from .answers import output_columns, traced
 from .config import Config
-from .errors import ConfigError, InputError, OutputError
+from .errors import ConfigError, InputError, OutputError, printable
 from .parse import Parser
+from .redact import redact_url
 from .source import FORMATS, table_format
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -27,7 +28,7 @@ def api_key(config: Config) -> str | None:
     if key is None and host not in LOCAL_HOSTS:
         raise ConfigError(
             f"environment variable {config.model.api_key_env} is not set; put your API key "
-            f"for {config.model.base_url} there (config key model.api_key_env)"
+            f"for {redact_url(config.model.base_url)} there (config key model.api_key_env)"
         )
     return key
 
@@ -37,27 +38,37 @@ def check_new_columns(config: Config, columns: list[str]) -> None:
     key = "output.schema" if config.output.parse == "json" else "output.column"
     parser = Parser(config.output)
     new = output_columns(parser, config.output.include_meta, traced(config))
+    meta = new[len(parser.columns) :]
     if config.output.include_meta:
-        meta = new[len(parser.columns) :]
         taken = [name for name in parser.columns if name in meta]
         if taken:
             raise ConfigError(
                 f"answer column '{taken[0]}' is also a meta column of output.include_meta "
                 f"({', '.join(meta)}); rename it in {key}"
             )
-    clash = [name for name in new if name in columns]
+    clash = [name for name in parser.columns if name in columns]
     if clash:
         raise InputError(
-            f"output column '{clash[0]}' already exists in the input; rename it in {key}"
+            f"output column '{printable(clash[0])}' already exists in the input; rename it in {key}"
+        )
+    clash = [name for name in meta if name in columns]
+    if clash:
+        raise InputError(
+            f"input column '{clash[0]}' has the name of a meta column that "
+            f"output.include_meta: true adds ({', '.join(meta)}); rename the input column, "
+            "or set output.include_meta: false"
         )
     gold = config.output.gold
     if gold is not None and gold not in columns:
-        shown = ", ".join(columns[:20]) + (", ..." if len(columns) > 20 else "")
-        raise InputError(f"output.gold: the input has no column '{gold}' (it has {shown})")
+        shown = ", ".join(map(printable, columns[:20])) + (", ..." if len(columns) > 20 else "")
+        raise InputError(
+            f"output.gold: the input has no column '{printable(gold)}' (it has {shown})"
+        )
 
 
-def check_output(path: Path) -> None:
-    """The output's format is known and its folder can take a new file."""
+def check_output(path: Path, input_path: Path | None = None) -> None:
+    """The output's format is known, it is not the input file, and its folder can take a new
+    file."""
     try:
         table_format(path)
     except InputError:
@@ -65,7 +76,23 @@ def check_output(path: Path) -> None:
         raise OutputError(
             f"output.path {path}: unknown table format '{path.suffix}'; use one of {known}"
         ) from None
+    if input_path is not None and same_file(path, input_path):
+        raise ConfigError(
+            f"output.path {path} is the input file (input.path {input_path}): the run would "
+            "overwrite its own input; set output.path to another file"
+        )
     check_writable_folder(path.parent, "output.path")
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: the same resolved path, or one file under two names
+    (a hard link, a case-insensitive file system)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.samefile(b)
+    except OSError:  # one of them does not exist (yet)
+        return False
 
 
 def check_writable_folder(folder: Path, key: str) -> None:
@@ -78,4 +105,22 @@ def check_writable_folder(folder: Path, key: str) -> None:
         raise OutputError(
             f"cannot write in {folder} ({key}): {exc.strerror or exc}; "
             f"make it writable or change {key}"
+        ) from None
+
+
+def check_report(path: Path) -> None:
+    """A --report page can be written at `path`: checked before anything is sent."""
+    if path.is_dir():
+        raise OutputError(f"--report {path} is a folder; give a file name, such as report.html")
+    folder = next((parent for parent in path.parents if parent.exists()), path.parent)
+    if not folder.is_dir():
+        raise OutputError(f"--report {path}: {folder} is a file, not a folder; give another path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".pipeline-probe-"):
+            pass
+    except OSError as exc:
+        raise OutputError(
+            f"--report {path}: cannot write in {path.parent}: {exc.strerror or exc}; "
+            "give another path"
         ) from None

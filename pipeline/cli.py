@@ -34,40 +34,76 @@ from .errors import (
     RunStopped,
 )
 from .runcmds import cmd_compare, cmd_reparse, cmd_run
+from .signals import BY_CODE, exit_code, terminate_like_ctrl_c
 from .summary import (
     EXIT_INTERNAL,
-    EXIT_INTERRUPTED,
     EXIT_LOCKED,
+    EXIT_OK,
     EXIT_STOPPED,
     EXIT_USAGE,
 )
 
 EPILOG = """exit codes:
   0    every row answered (or skipped), or failures within run.fail_threshold
-  1    some rows failed or gave invalid answers (rerun, or re-ask with output.retry_invalid)
+  1    some rows failed or gave invalid answers, a failed batch's rows among them (rerun,
+       or re-ask with output.retry_invalid)
   2    config, input, output or store problem, found before anything was sent
   3    stopped early (key or model rejected, budget reached, endpoint down, only 429s for
-       10 minutes, a batch that expired or failed); answers are kept
+       10 minutes), or rows left pending: a batch expired or was cancelled with
+       run.batch.deadline null, or (online) their requests wait in an open batch; answers
+       are kept
   4    another run is using the same store
-  5    stopped part-way by an input, output or store error after sending; answers are kept
+  5    stopped part-way by an input, output or store error after sending, or a --report
+       that cannot be written at the end (the output is written then); answers are kept
   6    internal error (a bug): one line here, the traceback in the file it names
-  130  interrupted (Ctrl-C); answers are kept, rerun to resume
+  130  interrupted (Ctrl-C); answers are kept, the output is left as it was; the summary
+       counts the rows as the store has them; rerun to resume
+  143  stopped by SIGTERM (systemd's stop, timeout); as 130
 """
 
 CHECK_EPILOG = """exit codes:
   0    no problem found
   2    config, input, output or store problem
-  3    the endpoint rejected the key or does not serve the model
+  6    internal error (a bug)
+  130  interrupted (Ctrl-C)
+  143  stopped by SIGTERM (systemd's stop, timeout); as 130
+"""
+
+VALIDATE_EPILOG = """prints an ok line once every check passed, then any warning (the rows the
+template fails on) and what the model check found.
+
+exit codes:
+  0    every check passed
+  2    config, input, output or store problem, a parameter the model does not accept, or a
+       template that fails on every row it renders (rows prompt.skip_null skips are not)
+  3    the endpoint cannot be reached at model.base_url (the name does not resolve, the
+       connection is refused or times out), rejects the key, or does not serve the model
+  6    internal error (a bug)
+  130  interrupted (Ctrl-C)
+  143  stopped by SIGTERM (systemd's stop, timeout); as 130
+"""
+
+REPARSE_EPILOG = """exit codes:
+  0    every row answered from the store (or skipped), or failures within run.fail_threshold
+  1    some rows failed or gave invalid answers; or some rows have no answer in the store for
+       the requests this config makes (the prompt, {{ labels }}, the model or its params
+       changed since they were sent): then the output is left as it was, and `pipeline run`
+       would send them
+  2    config, input, output or store problem
   4    another run is using the same store
   6    internal error (a bug)
   130  interrupted (Ctrl-C)
+  143  stopped by SIGTERM (systemd's stop, timeout); as 130
 """
 
 COMPARE_EPILOG = """prints one JSON object: the sample, and per variant its evaluation against
 output.gold (when set), invalid and failed rates, tokens, the sample's cost and the whole
 table's projected cost (online and in batch), latency p50/p95; agreement and Cohen's kappa
-between variants; the rows where they differ. Every variant uses the config's store: a rerun
-sends nothing, and a later run of the chosen variant reuses the sample's answers.
+between variants; the rows where they differ (rows a variant left pending or failed are
+counted apart, as unanswered by it); warnings: variants that send identical requests (they
+share their answers through the store, so comparing them says nothing) and gold values
+outside output.labels. Every variant uses the config's store: a rerun sends nothing, and a
+later run of the chosen variant reuses the sample's answers.
 
 exit codes:
   0    every variant answered the sample (failed or invalid rows are in the figures)
@@ -76,6 +112,7 @@ exit codes:
   4    another run is using the same store
   6    internal error (a bug)
   130  interrupted (Ctrl-C)
+  143  stopped by SIGTERM (systemd's stop, timeout); as 130
 """
 
 STATUS_EPILOG = """prints one JSON object: rows, done, invalid (answered, but the answer does not
@@ -83,7 +120,9 @@ parse under the current output settings), failed, pending, skipped (prompt.skip_
 row_errors (rows the template fails on) and first_row_error, the store, last_run
 (date, command and exit_code of the run log's last line; null before the first run), and
 batches: those not collected yet (run.mode batch) with id, state, requests, completed,
-failed, age_s and deadline_in_s, as the last run or poll left them (status sends nothing).
+failed, age_s and deadline_in_s, as the last run or poll left them (status sends nothing);
+deadline_in_s counts to the config's run.batch.deadline (with --set as given) after the
+batch's submission, as a run would measure it (negative: passed; null: no deadline).
 
 exit codes:
   0    nothing left to do: every row is done or skipped
@@ -91,6 +130,7 @@ exit codes:
   2    config, input or store problem
   6    internal error (a bug)
   130  interrupted (Ctrl-C)
+  143  stopped by SIGTERM (systemd's stop, timeout); as 130
 """
 
 Handler = Callable[[argparse.Namespace], int]
@@ -100,8 +140,9 @@ MODELS_EPILOG = """exit codes:
   3    show: the endpoint does not serve that model
   6    internal error (a bug)
   130  interrupted (Ctrl-C)
+  143  stopped by SIGTERM (systemd's stop, timeout); as 130
 """
-LIMIT_HELP = "only the first N rows, written beside the output as NAME.first-N.EXT"
+LIMIT_HELP = "only the first N rows (1 or more), written beside the output as NAME.first-N.EXT"
 
 
 def _count(text: str) -> int:
@@ -112,6 +153,17 @@ def _count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    """A whole number of rows, 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 1 or more, got {value}")
     return value
 
 
@@ -149,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     sub = command("run", "send one request per row and write the output", cmd_run, EPILOG)
-    sub.add_argument("--limit", type=_count, metavar="N", help=LIMIT_HELP)
+    sub.add_argument("--limit", type=_positive, metavar="N", help=LIMIT_HELP)
     sub.add_argument(
         "--report",
         metavar="FILE.html",
@@ -160,7 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--detach",
         action="store_true",
-        help="run.mode batch: submit the batches and exit 0; a later run collects them",
+        help="run.mode batch: submit the batches and exit without writing the output (0 "
+        "unless rows failed or the budget held requests back); the summary, written beside "
+        "the output, counts the rows in batches as pending; a later run collects them",
     )
     sub = command(
         "compare",
@@ -168,7 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_compare,
         COMPARE_EPILOG,
     )
-    sub.add_argument("-n", type=_count, default=100, metavar="N", help="rows in the sample")
+    sub.add_argument(
+        "-n", type=_positive, default=100, metavar="N", help="rows in the sample (1 or more)"
+    )
     sub.add_argument(
         "--variant",
         action="append",
@@ -187,11 +243,14 @@ def build_parser() -> argparse.ArgumentParser:
         "preview", "render the first requests, estimate tokens and cost; send nothing", cmd_preview
     )
     sub.add_argument("-n", type=_count, default=3, metavar="N", help="requests to show (default 3)")
-    sub.add_argument("--limit", type=_count, metavar="N", help="only the first N rows")
+    sub.add_argument(
+        "--limit", type=_positive, metavar="N", help="only the first N rows (1 or more)"
+    )
     command(
         "validate",
         "check config, input, template, model and params; send no chat request",
         cmd_validate,
+        VALIDATE_EPILOG,
     )
     sub = command(
         "status",
@@ -199,14 +258,16 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_status,
         STATUS_EPILOG,
     )
-    sub.add_argument("--limit", type=_count, metavar="N", help="only the first N rows")
+    sub.add_argument(
+        "--limit", type=_positive, metavar="N", help="only the first N rows (1 or more)"
+    )
     sub = command(
         "reparse",
         "rewrite the output from the store with the current parse settings; send nothing",
         cmd_reparse,
-        EPILOG,
+        REPARSE_EPILOG,
     )
-    sub.add_argument("--limit", type=_count, metavar="N", help=LIMIT_HELP)
+    sub.add_argument("--limit", type=_positive, metavar="N", help=LIMIT_HELP)
 
     models = commands.add_parser("models", help="list or show the models an endpoint serves")
     which = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
@@ -293,7 +354,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     for noisy in ("httpx", "httpcore", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        return int(args.handler(args))
+        with terminate_like_ctrl_c():
+            return _dispatch(args)
+    except BrokenPipeError:  # the reader went away (`| head`): no error, nothing more to say
+        _quiet_closed_streams()
+        return int(getattr(args, "exit_code", EXIT_OK))  # the command's, when it set it
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the command; what it raises becomes one line on stderr and its exit code."""
+    try:
+        args.exit_code = code = int(args.handler(args))
+        sys.stdout.flush()  # a closed stdout shows here, not as noise when Python exits
+        return code
+    except BrokenPipeError:
+        raise
     except LockError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_LOCKED
@@ -303,9 +378,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("interrupted: answers so far are in the store; rerun to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM outside a run's graceful stop
+        code = exit_code(exc)
+        print(
+            f"{BY_CODE[code].said}: answers so far are in the store; rerun to resume",
+            file=sys.stderr,
+        )
+        return code
     except Exception as exc:  # a bug: one line here, the traceback in a file
         path = _write_traceback(args)
         where = f"the traceback is in {path}" if path else "run with -v for the traceback"
@@ -316,6 +395,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             traceback.print_exc(file=sys.stderr)
         return EXIT_INTERNAL
+
+
+def _quiet_closed_streams() -> None:
+    """Point a closed stdout or stderr at /dev/null, so that Python's flush at exit does
+    not fail on it again (the recipe in Python's docs, under signal.SIGPIPE)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                os.dup2(devnull, stream.fileno())
+    finally:
+        os.close(devnull)
 
 
 def _write_traceback(args: argparse.Namespace) -> Path | None:
@@ -338,6 +431,7 @@ STORE_EPILOG = """exit codes:
   4    salvage: a run is using the store
   6    internal error (a bug)
   130  interrupted (Ctrl-C)
+  143  stopped by SIGTERM (systemd's stop, timeout); as 130
 """
 
 EXPORT_EPILOG = """One line per distinct request that the store has no answer for, in the OpenAI
@@ -346,7 +440,9 @@ body the request exactly as a run sends it. The files are the input of `vllm run
 OUT -o RESULTS --model MODEL` or of an upload to a batch API. A new file begins before one
 would pass run.batch.max_requests_per_file requests or run.batch.max_file_mb MiB; each file
 appears whole or not at all. Prints one JSON object: requests, files (path, requests and
-bytes of each), rows, already_answered (rows whose request the store answers), skipped
+bytes of each), rows, already_answered (rows whose request the store answers),
+in_open_batches (rows whose request is in a batch a run submitted and has not collected
+yet: not exported, as that batch answers it; a warning names the batches), skipped
 (prompt.skip_null) and row_errors (rows the template fails on: not exported). With nothing
 to export, no file is written.
 
@@ -355,24 +451,30 @@ exit codes:
   2    config, input, output or store problem (or a request larger than one file may hold)
   6    internal error (a bug)
   130  interrupted (Ctrl-C); the files already finished are whole, no half file is left
+  143  stopped by SIGTERM (systemd's stop, timeout); as 130
 """
 
 IMPORT_EPILOG = """Reads each line's custom_id and response: a 200 with a chat completion is an
 answer, anything else (an error, another status, an expired request) a failure that a
 later run sends online. Lines for requests this config does not make are skipped. An
-answer replaces a failure; a failure never replaces an answer. Prints one JSON object: ok
-(requests answered), failed (requests left failed), already_answered (lines whose request
-had an answer, kept), skipped_not_this_config, unreadable and first_unreadable (file, line,
-why), files (path and lines read) and the store. `pipeline run CONFIG` then writes the
-output without sending what was imported.
+answer replaces a failure; a failure never replaces an answer. A request line (method, url,
+body: what `pipeline batch export` writes) is no result: it is counted unreadable and
+changes no row. Prints one JSON object: ok (requests answered), failed (requests left
+failed), already_answered (lines whose request had an answer, kept),
+skipped_not_this_config, unreadable and first_unreadable (file, line, why), files (path
+and lines read) and the store. `pipeline run CONFIG` then writes the output without
+sending what was imported.
 
 exit codes:
   0    every line was read, and none was a failure
   1    some lines were failures or could not be read; a run sends those requests online
-  2    config, input or store problem, or a results file is missing or unreadable
+  2    config, input or store problem, a results file is missing or unreadable, or no
+       line of the files is a result of this config's requests (requests, not results;
+       another config's or an earlier prompt's results): nothing was imported
   4    another run is using the same store
   6    internal error (a bug)
   130  interrupted (Ctrl-C); what was imported so far is kept
+  143  stopped by SIGTERM (systemd's stop, timeout); as 130
 """
 
 

@@ -11,9 +11,11 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .batches import due_at
 from .batchfile import (
     MB,
     Tally,
@@ -23,16 +25,32 @@ from .batchfile import (
     unanswered,
     write_parts,
 )
-from .batchresults import Imported, ResultReader, Unreadable, file_lines, store_results
-from .catalog import Catalog, check_model, check_params, model_id, price
+from .batchresults import (
+    A_REQUEST,
+    Imported,
+    ResultReader,
+    Unreadable,
+    file_lines,
+    store_results,
+)
+from .catalog import Catalog, check_model, check_params, key_advice, model_id, price
 from .checks import api_key, check_output, check_writable_folder
 from .config import DEFAULT_BASE_URL, DEFAULT_KEY_ENV, Config
 from .configfile import load
-from .errors import CatalogUnavailable, InputError, PipelineError, RunStopped, StoreError
+from .errors import (
+    CatalogUnavailable,
+    ConfigError,
+    InputError,
+    PipelineError,
+    RunStopped,
+    StoreError,
+)
 from .lock import Lock
 from .plan import last_run, make_plan
+from .redact import redact_url
 from .salvage import check, salvage
 from .store import Store
+from .strict import ENV_NAME
 from .summary import EXIT_FAILED_ROWS, EXIT_OK, EXIT_USAGE
 
 
@@ -82,7 +100,8 @@ def cmd_preview(args: argparse.Namespace) -> int:
         "estimated_prompt_tokens_to_send": plan.to_send_prompt_tokens,
         "max_completion_tokens_to_send": plan.to_send_completion_tokens,
         "estimated_cost_usd": cost,  # null: no pricing known; batch: at run.batch.discount
-        "url": config.model.base_url.rstrip("/") + ("/batches" if batch else "/chat/completions"),
+        "url": redact_url(config.model.base_url).rstrip("/")
+        + ("/batches" if batch else "/chat/completions"),
     }
     print(json.dumps(report, indent=2, ensure_ascii=False))
     return EXIT_OK
@@ -91,7 +110,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     config = _config(args)
     plan = make_plan(config, show=0)  # opens the store: a damaged or read-only one is named
-    check_output(config.output.path)
+    check_output(config.output.path, config.input.path)
     if config.output.url is not None:
         from .objectstore import check_bucket  # s3:// outputs only
 
@@ -108,27 +127,31 @@ def cmd_validate(args: argparse.Namespace) -> int:
             f"salvage {args.config}` copies every readable answer into a fresh store"
         )
     key = api_key(config)
-    if plan.row_errors and plan.row_errors == plan.rows:
+    rendered = plan.rows - plan.skipped  # rows prompt.skip_null skips are never rendered
+    skipped = f"; {plan.skipped} more skipped by prompt.skip_null" if plan.skipped else ""
+    aside = f" ({plan.skipped} more skipped by prompt.skip_null)" if plan.skipped else ""
+    if plan.row_errors and plan.row_errors == rendered:
         raise InputError(
-            f"the prompt fails on every row ({plan.rows} of {plan.rows}); {plan.first_error}"
+            f"the prompt fails on every row ({rendered} of {rendered}{skipped}); {plan.first_error}"
         )
-    print(
+    checked = check_model(config.model, key, strict=True)  # unreachable: stops (exit 3)
+    if checked.model is not None:
+        problems = check_params(dict(config.model.params), checked.model)
+        if problems:
+            raise PipelineError("; ".join(problems))
+    print(  # only once every check passed
         f"ok: {plan.rows} rows, {plan.unique_requests} unique requests, "
         f"{plan.skipped} skipped; output {config.output.url or config.output.path}, store "
         f"{config.store_path}"
     )
     if plan.row_errors:
         print(
-            f"warning: the prompt fails on {plan.row_errors} of {plan.rows} rows, which a run "
-            f"records as failed; first, {plan.first_error}"
+            f"warning: the prompt fails on {plan.row_errors} of {rendered} rows{aside}, which a "
+            f"run records as failed; first, {plan.first_error}"
         )
-    checked = check_model(config.model, key)
     if checked.note:
         print(f"model: {checked.note}")
     if checked.model is not None:
-        problems = check_params(dict(config.model.params), checked.model)
-        if problems:
-            raise PipelineError("; ".join(problems))
         print(f"model: '{config.model.name}' is served and accepts model.params")
     return EXIT_OK
 
@@ -150,13 +173,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         "last_run": last_run(config.store_path),  # null: no run logged
         "batches": open_batches(config),
     }
-    print(json.dumps(report, indent=2, ensure_ascii=False))
     left = plan.invalid + plan.failed + plan.pending + plan.row_errors
-    return EXIT_FAILED_ROWS if left else EXIT_OK
+    args.exit_code = EXIT_FAILED_ROWS if left else EXIT_OK  # kept should stdout be closed
+    print(json.dumps(report, indent=2, ensure_ascii=False))
+    return int(args.exit_code)
 
 
 def open_batches(config: Config) -> list[dict[str, Any]]:
-    """The store's batches not collected yet: id, state, counts, age and deadline."""
+    """The store's batches not collected yet: id, state, counts, age and deadline (the
+    config's run.batch.deadline after the batch's submission, as a run would measure it)."""
     if not config.store_path.exists():
         return []
     store = Store(config.store_path)
@@ -165,6 +190,7 @@ def open_batches(config: Config) -> list[dict[str, Any]]:
     finally:
         store.close()
     now = time.time()
+    deadline = config.run.batch.deadline
     return [
         {
             "id": r.batch_id,
@@ -173,28 +199,45 @@ def open_batches(config: Config) -> list[dict[str, Any]]:
             "completed": r.completed,
             "failed": r.failed,
             "age_s": round(now - r.created_at),
-            "deadline_in_s": None if r.deadline_at is None else round(r.deadline_at - now),
+            "deadline_in_s": None if (due := due_at(r, deadline)) is None else round(due - now),
         }
         for r in records
     ]
 
 
-def _catalog(args: argparse.Namespace) -> Catalog:
+def _catalog(args: argparse.Namespace) -> tuple[Catalog, Callable[[CatalogUnavailable], str]]:
+    """The catalog the arguments name, and what to say when it answers with an error: on a
+    401/403, which variable should hold the key, as `run` says."""
     base_url, key_env = DEFAULT_BASE_URL, DEFAULT_KEY_ENV
+    setting = "the default; --api-key-env names another"
     if args.config:
         config = load(args.config)
         base_url, key_env = config.model.base_url, config.model.api_key_env
-    base_url = args.base_url or base_url
-    key_env = args.api_key_env or key_env
-    return Catalog(base_url, os.environ.get(key_env) or None)
+        setting = f"model.api_key_env in {args.config}"
+    if args.api_key_env:
+        if not ENV_NAME.fullmatch(args.api_key_env):
+            raise ConfigError(
+                "--api-key-env takes the name of an environment variable (letters, digits "
+                "and _, not starting with a digit); this looks like a key itself, so it is not "
+                "shown: put the key in a variable and pass that variable's name"
+            )
+        key_env, setting = args.api_key_env, "--api-key-env"
+    key = os.environ.get(key_env) or None
+
+    def explain(exc: CatalogUnavailable) -> str:
+        if exc.status in (401, 403):
+            return key_advice(key_env, key is not None, str(exc), setting)
+        return str(exc)
+
+    return Catalog(args.base_url or base_url, key), explain
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
-    catalog = _catalog(args)
+    catalog, explain = _catalog(args)
     try:
         models = catalog.list()
     except CatalogUnavailable as exc:
-        raise PipelineError(f"cannot list models: {exc}") from None
+        raise PipelineError(f"cannot list models: {explain(exc)}") from None
     finally:
         catalog.close()
     if models is None:
@@ -207,11 +250,11 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def cmd_models_show(args: argparse.Namespace) -> int:
-    catalog = _catalog(args)
+    catalog, explain = _catalog(args)
     try:
         found = catalog.find(args.model_id)
     except CatalogUnavailable as exc:
-        raise PipelineError(f"cannot read model '{args.model_id}': {exc}") from None
+        raise PipelineError(f"cannot read model '{args.model_id}': {explain(exc)}") from None
     finally:
         catalog.close()
     if found is None:
@@ -261,7 +304,13 @@ def cmd_batch_export(args: argparse.Namespace) -> int:
     tally = Tally()
     store = Store(config.store_path) if config.store_path.exists() else None
     try:
-        lines = ((r.key, request_line(r)) for r in unanswered(config, store, tally=tally))
+        # A request in an open batch (run.mode batch) is being answered: not exported.
+        skip: set[str] = set()
+        batch_ids: list[str] = []
+        if store is not None and (skip := store.open_batch_keys()):
+            batch_ids = [r.batch_id or f"part {r.id}" for r in store.batches()]
+        requests = unanswered(config, store, skip=skip, tally=tally)
+        lines = ((r.key, request_line(r)) for r in requests)
         written = write_parts(
             lines, out, limits.max_requests_per_file, int(limits.max_file_mb * MB)
         )
@@ -274,10 +323,19 @@ def cmd_batch_export(args: argparse.Namespace) -> int:
         "files": files,
         "rows": tally.rows,
         "already_answered": tally.already_answered,
+        "in_open_batches": tally.in_open_batches,
         "skipped": tally.skipped,
         "row_errors": tally.row_errors,
     }
     print(json.dumps(report, indent=2, ensure_ascii=False))
+    if tally.in_open_batches:
+        print(
+            f"warning: {tally.in_open_batches} rows are not exported: their requests are in "
+            f"open batches ({', '.join(batch_ids)}), which will answer them; `pipeline run "
+            f"{args.config} --set run.mode=batch` collects them, `pipeline status "
+            f"{args.config}` shows them",
+            file=sys.stderr,
+        )
     if tally.row_errors:
         print(
             f"warning: the prompt fails on {tally.row_errors} of {tally.rows} rows; they are not "
@@ -285,9 +343,10 @@ def cmd_batch_export(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     if not written:
+        where = " or is in an open batch" if tally.in_open_batches else ""
         print(
-            f"nothing to export: every request has an answer in the store {config.store_path}; "
-            "no file written",
+            f"nothing to export: every request has an answer in the store {config.store_path}"
+            f"{where}; no file written",
             file=sys.stderr,
         )
     else:
@@ -320,7 +379,7 @@ def cmd_batch_import(args: argparse.Namespace) -> int:
     imported = Imported()
     files: list[dict[str, Any]] = []
     unreadable: list[Unreadable] = []
-    lost = 0
+    lost = requests = 0
     with Lock(config.store_path):
         store = Store(config.store_path)
         try:
@@ -335,6 +394,7 @@ def cmd_batch_import(args: argparse.Namespace) -> int:
                     ) from exc
                 files.append({"path": str(path), "lines": reader.lines_read})
                 lost += reader.unreadable
+                requests += reader.requests
                 unreadable += reader.first[: 5 - len(unreadable)]
         finally:
             store.close()
@@ -348,15 +408,38 @@ def cmd_batch_import(args: argparse.Namespace) -> int:
         "files": files,
         "store": str(config.store_path),
     }
+    lines = sum(int(f["lines"]) for f in files)
+    matched = imported.ok + imported.failed + imported.already_answered
+    args.exit_code = (  # kept should stdout be closed
+        EXIT_USAGE
+        if lines and not matched
+        else EXIT_FAILED_ROWS
+        if imported.failed or lost
+        else EXIT_OK
+    )
     print(json.dumps(report, indent=2, ensure_ascii=False))
-    if imported.not_this_config:
+    if requests:
+        print(
+            f"{requests} lines are batch requests (method, url, body), not results: did you "
+            "import the file `pipeline batch export` wrote? Import what the batch server "
+            "wrote (the batch's output file, `vllm run-batch -o RESULTS`); these lines "
+            "change no row",
+            file=sys.stderr,
+        )
+    if imported.not_this_config and imported.not_this_config == lines:
+        print(
+            f"none of its {lines} lines match this config's requests: was it made from "
+            f"another config or an earlier prompt? ({args.config})",
+            file=sys.stderr,
+        )
+    elif imported.not_this_config:
         print(
             f"skipped {imported.not_this_config} lines whose custom_id is no request of "
             f"{args.config} (another config's, or an earlier prompt's)",
             file=sys.stderr,
         )
-    if lost:
-        first = unreadable[0]
+    if lost > requests:
+        first = next((u for u in unreadable if u.why != A_REQUEST), unreadable[0])
         print(
             f"{lost} lines could not be read, first {first.file} line {first.line}: "
             f"{first.why}; their requests stay unanswered",
@@ -368,9 +451,12 @@ def cmd_batch_import(args: argparse.Namespace) -> int:
             "sends them online",
             file=sys.stderr,
         )
+    if lines and not matched:
+        print(f"nothing imported into {config.store_path}", file=sys.stderr)
+        return int(args.exit_code)
     print(
         f"imported {imported.ok} answers into {config.store_path}; `pipeline run {args.config}` "
         "writes the output from the store",
         file=sys.stderr,
     )
-    return EXIT_FAILED_ROWS if imported.failed or lost else EXIT_OK
+    return int(args.exit_code)

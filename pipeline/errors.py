@@ -9,6 +9,7 @@ PipelineError
 ├── RunStopped             the run stopped sending early (key, model, budget, endpoint down)
 ├── StoppedPartWay         an input, output or store error after sending began
 ├── CatalogUnavailable     the model catalog did not answer usefully
+│   └── EndpointUnreachable  no connection to model.base_url (DNS, refused, timed out)
 ├── RowError               one row cannot be rendered (recorded on that row)
 └── RequestError           one request failed (recorded on its row)
     ├── RetryableError     429, 5xx, timeouts, dropped connections, truncated bodies
@@ -22,6 +23,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import polars as pl
+
     from .ratelimit import RateHeaders
 
 
@@ -50,7 +53,15 @@ class LockError(PipelineError):
 
 
 class RunStopped(PipelineError):
-    """The run stopped sending early (auth failures, budget, endpoint down); answers are kept."""
+    """The run stopped sending early (auth failures, budget, endpoint down); answers are kept.
+
+    `partial`: from `map_rows`, the frame with what was answered, the other rows `pending`
+    (None when it stopped before sending: the key or the model rejected).
+    """
+
+    def __init__(self, message: str, *, partial: pl.DataFrame | None = None) -> None:
+        super().__init__(message)
+        self.partial = partial
 
 
 class StoppedPartWay(PipelineError):
@@ -63,6 +74,10 @@ class CatalogUnavailable(PipelineError):
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class EndpointUnreachable(CatalogUnavailable):
+    """No connection to the endpoint: its name does not resolve, or it refused or timed out."""
 
 
 class RowError(PipelineError):
@@ -102,3 +117,9 @@ class FatalRequestError(RequestError):
 
 class AuthError(FatalRequestError):
     """401/403/404: wrong key, unknown model or wrong base URL."""
+
+
+def printable(text: str) -> str:
+    """Text from the data, safe to quote in a message: control characters escaped (`\\x00`),
+    so a column name from a binary file cannot write to the terminal."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)

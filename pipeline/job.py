@@ -12,7 +12,7 @@ parser) or anything unexpected while sending (the dispatcher) becomes its status
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -86,6 +86,8 @@ class Sending(Protocol):
 
     def waiting(self) -> str | None: ...
 
+    def unanswered(self, key: str) -> bool: ...  # may have failed only as the endpoint is down
+
     async def send(self, request: Request) -> Result: ...
 
 
@@ -93,6 +95,8 @@ class Job:
     """One run's stages wired together; `offline` answers from the store only.
 
     `pool` makes the worker pool that sends (default: `dispatch.Dispatcher` in this process).
+    `held`: the keys in open batches, pending and never sent; `batch_answered`: the keys
+    whose answers this run's batches stored (their rows count as `batch_collected`).
     """
 
     def __init__(
@@ -106,6 +110,8 @@ class Job:
         progress: Progress | None = None,
         offline: bool = False,
         pool: Callable[[Job], Pool] | None = None,
+        held: Container[str] = frozenset(),
+        batch_answered: Container[str] = frozenset(),
     ) -> None:
         self.config = config
         self.store = store
@@ -115,6 +121,8 @@ class Job:
         self.parser = Parser(config.output)
         self.progress = progress or Progress(enabled=False)
         self.offline = offline
+        self.held = held
+        self.batch_answered = batch_answered
         self.memo = Memo(store, config, renderer.columns)
         self.reasker = Reasker(self.parser, config.output.retry_invalid, store)
         self.pool: Pool = (
@@ -122,6 +130,7 @@ class Job:
         )
         self._writer = Writer(store)
         self._failed: dict[str, Result] = {}  # failed in this run: not sent again in this run
+        self._held: dict[str, Result] = {}  # failures stored when their chunk is finished
         self._settled: dict[str, int] = {}  # rows settled in chunks not finished, by status
         self.fatal: OutputError | None = None  # the store failed: the run must stop
         self.evaluations: list[Evaluation] = []  # per finished chunk, with output.gold
@@ -161,7 +170,7 @@ class Job:
             elif found.status == FAILED:
                 unique[key].failed_before = found.error
         sending = not self.offline and self.sender.stop_reason is None
-        plan = triage(unique, stored, self._failed, self.pool, sending=sending)
+        plan = triage(unique, stored, self._failed, self.pool, sending=sending, held=self.held)
         chunk = Chunk(frame, keys, row_errors, plan.settled, digest=digest)
         settled = unkeyed = frame.height - sum(rows.values())  # skipped or not renderable
         self._tally(FAILED, len(row_errors))
@@ -169,7 +178,12 @@ class Job:
         for key, result in plan.settled.items():
             self._tally(result.status, rows[key])
             settled += rows[key]
-        self.summary.from_store += sum(rows[k] for k in plan.from_store)
+        for key in plan.from_store:
+            if key in self.batch_answered:
+                self.summary.batch_collected += rows[key]
+            else:
+                self.summary.from_store += rows[key]
+        self.summary.batch_pending += sum(rows[k] for k in plan.held)
         for key in plan.join:
             chunk.waiting[key] = self.pool.join(key, rows[key])
         for work in plan.send:
@@ -190,6 +204,7 @@ class Job:
             results[waited] = await future
         if self.fatal is not None:
             raise self.fatal
+        await self._settle_held(chunk, results)
         rows = []
         for index, row_key in enumerate(chunk.keys):
             if row_key is not None:
@@ -212,11 +227,29 @@ class Job:
         for status, count in counts.items():
             self.summary.count_many(status, count)
             self._tally(OK if status == INVALID else status, -count)  # parsed: no longer live
+        self.summary.row_errors += len(chunk.row_errors)
         ok, skipped = counts.get(OK, 0), counts.get(SKIPPED, 0)
         if chunk.digest is not None and ok + skipped == chunk.frame.height:
             new = answered.columns[chunk.frame.width :]
             self.memo.put(chunk.digest, answered.select(new), ok, skipped)
         return answered
+
+    async def _settle_held(self, chunk: Chunk, results: dict[str, Result]) -> None:
+        """A request that failed only because the endpoint went down, which then stopped the
+        run, ends `pending`, as those never sent: nothing was answered, and the store keeps
+        nothing for it. Other failures held back (`_keep`) are stored now."""
+        stopped = self.sender.stop_reason is not None
+        for key, result in results.items():
+            if result.status != FAILED:
+                continue
+            held = self._held.pop(key, None)
+            if stopped and self.sender.unanswered(key):
+                results[key] = Result(key, PENDING, attempts=result.attempts)
+                rows = chunk.keys.count(key)
+                self._tally(FAILED, -rows)  # counted failed when it settled
+                self._tally(PENDING, rows)
+            elif held is not None:
+                await self._writer.put(held)
 
     def _evaluate(self, answered: pl.DataFrame, statuses: list[str]) -> None:
         """Score a finished chunk's answers against the gold column (`output.gold`)."""
@@ -245,16 +278,25 @@ class Job:
         request, first, prior = work
         try:
             if first or self.reasker.reasks:
-                return await self.reasker.ask(
-                    request, first, prior, self.sender.send, self._writer.put
-                )
+                return await self.reasker.ask(request, first, prior, self.sender.send, self._keep)
             sent = await self.sender.send(request)  # the common case, one coroutine less
-            if sent.status != PENDING:
-                await self._writer.put(sent)
+            await self._keep(sent)
             return sent
         except OutputError as exc:
             self.store_failed(exc)
             return Result(request.key, PENDING)
+
+    async def _keep(self, result: Result) -> None:
+        """Store `result` now, but hold a request that failed while the endpoint may be down
+        (`Sending.unanswered`) until its chunk is finished (`_settle_held`): if the outage
+        stops the run, its rows are pending and nothing is stored."""
+        if result.status == PENDING:
+            return
+        key = result.key
+        if result.status == FAILED and key in self.pool and self.sender.unanswered(key):
+            self._held[key] = result  # a re-ask's key is never the pool's: stored now
+            return
+        await self._writer.put(result)
 
     def store_failed(self, exc: OutputError) -> None:
         """The store cannot take answers: stop sending, and end the run with the error."""
@@ -275,6 +317,8 @@ class Job:
         """A key's request is done, for the `rows` rows waiting on it."""
         if result.status == FAILED:
             self._failed[result.key] = result
+        elif result.status == OK:
+            self.summary.received += rows
         self._tally(result.status, rows)
         self.progress.advance(rows)
 
@@ -285,17 +329,17 @@ class Job:
     def stats(self) -> dict[str, Any]:
         """The counts the progress display shows, read each time it redraws.
 
-        `ok` and `invalid` count parsed answers: the parser runs when a chunk is finished
-        (all its rows settled, in input order), so an answer received before then counts as
-        `unparsed`. `failed` counts rows when they fail (a request that gave up, a template
-        error), `skipped` and `pending` likewise, so
-        ok + invalid + unparsed + failed + skipped + pending = rows settled. `sent` counts
-        every request sent (re-asks and retries included), `retries` the retries of failures.
+        The names are the summary's. `answered` counts rows as their answers arrive; the
+        parser runs when a chunk is finished (all its rows settled, in input order), and an
+        answer that does not parse then moves from `answered` to `invalid`. `failed` counts
+        rows when they fail (a request that gave up, a template error), `skipped` and
+        `pending` likewise, so answered + invalid + failed + skipped + pending = rows settled,
+        and once the last chunk is finished each count is the summary's. `sent` counts every
+        request sent (re-asks and retries included), `retries` the retries of failures.
         """
         live, done, counters = self._settled, self.summary, self.sender.counters
-        stats: dict[str, Any] = {"ok": done.answered, "invalid": done.invalid}
-        if live.get(OK):
-            stats["unparsed"] = live[OK]
+        answered = done.answered + live.get(OK, 0)
+        stats: dict[str, Any] = {"answered": answered, "invalid": done.invalid}
         stats["failed"] = done.failed + live.get(FAILED, 0)
         for status, before in ((SKIPPED, done.skipped), (PENDING, done.pending)):
             if before + live.get(status, 0):

@@ -23,6 +23,7 @@ from .catalog import Price
 from .config import Config
 from .errors import ConfigError
 from .rayworker import Worker
+from .signals import keeping_sigterm
 
 log = logging.getLogger(__name__)
 
@@ -100,15 +101,16 @@ def start(config: Config, api_key: str | None, price: Price | None) -> Cluster:
     }
     temp_dir = _local_temp_dir() if address is None else None
     try:
-        if address is None:
-            ray.init(
-                address="local",
-                object_store_memory=LOCAL_OBJECT_STORE,
-                _temp_dir=temp_dir,
-                **quiet,
-            )
-        else:
-            ray.init(address=address, **quiet)
+        with keeping_sigterm():  # ray.init makes SIGTERM exit the driver at once, summary-less
+            if address is None:
+                ray.init(
+                    address="local",
+                    object_store_memory=LOCAL_OBJECT_STORE,
+                    _temp_dir=temp_dir,
+                    **quiet,
+                )
+            else:
+                ray.init(address=address, **quiet)
     except Exception as exc:
         _remove(temp_dir)
         where = address or "a local Ray"

@@ -62,6 +62,9 @@ class RaySender:
     def waiting(self) -> str | None:
         return self.said
 
+    def unanswered(self, key: str) -> bool:
+        return False  # each worker's breaker sees only its share: a row that gave up failed
+
     def stop(self, reason: str) -> None:
         """Stop sending on every worker."""
         if self.stop_reason is None:

@@ -16,7 +16,7 @@ import hashlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,17 +28,19 @@ from .catalog import Price, check_model, price
 from .checks import api_key, check_new_columns, check_output
 from .config import Config
 from .engine import Engine, LocalEngine
-from .errors import ConfigError, PipelineError
+from .errors import ConfigError, PipelineError, RequestError
 from .evaluate import merge
 from .job import Chunk, Job
 from .lock import Lock
 from .progress import Progress
 from .render import Renderer
 from .scoretable import format_table
+from .signals import Stop, stop_for
 from .sink import Sink
 from .source import Source
 from .store import Store
 from .summary import (
+    EXIT_FAILED_ROWS,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_LOCKED,
@@ -117,21 +119,30 @@ async def run(
     transport: httpx.AsyncBaseTransport | None = None,
     offline: bool = False,
     detach: bool = False,
+    report: Callable[[Summary], None] | None = None,
 ) -> Summary:
     """Answer every row of the input and write the output; the summary says what happened.
 
-    With `offline`, nothing is sent: rows come from the store or are marked pending. With
+    With `offline` (reparse), nothing is sent: rows come from the store, and when a row has
+    no stored answer, the output is left as it was and the summary says why (exit 1). With
     `run.mode: batch`, the batch phase first submits what is unanswered and waits for the
-    batches (`detach`: submits and returns, writing no output); the engine then writes the
-    output from the store, sending online only what a passed deadline left over. A
-    pipeline error does not raise: it ends the run and sets the summary's error and exit
-    code. Whatever ends the run, the summary is written beside the output (when the output
-    is not another run's) and a line is appended to the run log.
+    batches (`detach`: submits and counts the rows from the store, writing no output); the
+    engine then writes the output from the store, sending online only what a passed
+    deadline left over. An online run over a store with open batches first collects what
+    they finished; the keys still in one stay pending, never sent twice. A pipeline error
+    does not raise: it ends the run and sets the summary's error and exit code; so does a
+    `report` (called once the output is written) that raises one. A signal's cancellation
+    (`signals.stoppable`) ends the run with the signal's exit code, the output left as it
+    was, and the rows counted as the store has them. Whatever ends the run, the summary is
+    written beside the output (when the output is not another run's) and a line is
+    appended to the run log.
     """
     output = limit_path(config.output.path, limit)
     summary = Summary(output=str(output), fail_threshold=config.run.fail_threshold)
     started = time.monotonic()
     sink: Sink | None = None
+    sending: OpenedInput | None = None  # set once requests may go out: a signal recounts it
+    answered: Container[str] = frozenset()  # the keys this run's batches answered
     batch = config.run.mode == "batch" and not offline
     try:
         if config.run.engine == "ray" and not offline:
@@ -143,7 +154,7 @@ async def run(
 
             config, summary.input_commit = await asyncio.to_thread(fetch_input, config)
         opened = open_input(config, limit)
-        check_output(output)
+        check_output(output, config.input.path)
         if config.output.url is not None and limit is None:
             from .objectstore import check_bucket  # s3:// outputs only
 
@@ -160,11 +171,18 @@ async def run(
         if batch:
             summary.mode = "batch"
             outcome = await _batch_phase(config, summary, progress, transport, detach)
-            if detach:
-                summary.output = ""
-                return summary
             offline = not outcome.fallback
+        elif not offline:
+            outcome = await _settle_batches(config, summary, progress, transport)
+        if detach:  # the rows as the store has them now, counted; no output written
+            frames = opened.source.chunks(config.run.chunk_rows)
+            await execute(config, opened.renderer, frames, _discard, summary=summary, offline=True)
+            summary.output = ""
+            _count_batches(summary, outcome, detached=True)
+            return summary
         sink = Sink(output)
+        answered = outcome.answered_keys if outcome is not None else frozenset()
+        sending = None if offline else opened
         await execute(
             config,
             opened.renderer,
@@ -176,11 +194,16 @@ async def run(
             transport=transport,
             offline=offline,
             prune_memo=limit is None,
+            batch_answered=answered,
         )
+        if offline and not batch and summary.pending:  # reparse: never a less answered output
+            summary.error = not_reparsed(config, summary, opened.renderer.uses_labels)
+            summary.exit = EXIT_FAILED_ROWS
+            return summary  # `finally` drops the new file: the output stays as it was
         sink.commit()
         sink = None
-        if outcome is not None:
-            _count_batches(summary, outcome)
+        summary.written.append(str(output))
+        _count_batches(summary, outcome)
         if (config.output.repo or config.output.commit) and limit is None and not summary.stopped:
             from .repos import commit_local, commit_output, input_commit_local
 
@@ -195,9 +218,20 @@ async def run(
             from .objectstore import upload_output  # s3:// outputs only
 
             summary.output_url = await asyncio.to_thread(upload_output, config, output)
+        if report is not None:
+            summary.seconds = time.monotonic() - started
+            report(summary)
     except PipelineError as exc:
         summary.fail(exc)
-    except (asyncio.CancelledError, KeyboardInterrupt):
+    except asyncio.CancelledError as exc:
+        stop = stop_for(exc)
+        if stop is None:  # cancelled by the caller, not by a signal
+            summary.error, summary.exit = "interrupted", EXIT_INTERRUPTED
+            raise
+        _stopped(summary, stop)
+        if sending is not None and sink is not None:  # the output not written yet
+            await _recount(config, sending, summary, answered)
+    except KeyboardInterrupt:
         summary.error, summary.exit = "interrupted", EXIT_INTERRUPTED
         raise
     except Exception as exc:
@@ -208,7 +242,7 @@ async def run(
         if sink is not None:
             sink.abort()
         summary.seconds = time.monotonic() - started
-        record(summary, config, "reparse" if offline and not batch else "run")
+        record(summary, config, "reparse" if offline and not batch else "run", output)
     return summary
 
 
@@ -243,6 +277,90 @@ async def _batch_phase(
     return outcome
 
 
+async def _settle_batches(
+    config: Config,
+    summary: Summary,
+    progress: Progress | None,
+    transport: httpx.AsyncBaseTransport | None,
+) -> BatchOutcome | None:
+    """An online run over a store with open batches: collect what they finished first (the
+    engine then sends none of the keys still in one). None: the store has no open batch."""
+    if not config.store_path.exists():
+        return None
+    from .batchapi import BatchAPI  # open batches only
+    from .batches import Batches
+
+    with Lock(config.store_path):
+        store = Store(config.store_path)
+        try:
+            if not store.batches():
+                return None
+            key = api_key(config)
+            found_price = await asyncio.to_thread(model_price, config, key)
+            shown = Progress(enabled=progress.enabled, tty=progress.tty) if progress else None
+            async with BatchAPI(config.model.base_url, key, transport=transport) as api:
+                batches = Batches(config, store, api, price=found_price, progress=shown)
+                try:
+                    await batches.settle()
+                except RequestError as exc:
+                    log.warning(
+                        "cannot poll the open batches (%s): the rows waiting on them stay "
+                        "pending and are not sent online",
+                        exc,
+                    )
+                finally:
+                    summary.batches = batches.outcome.report()
+                return batches.outcome
+        finally:
+            store.close()
+
+
+def _discard(frame: pl.DataFrame) -> None:
+    """A detached run writes no output: its rows are only counted."""
+
+
+def _stopped(summary: Summary, stop: Stop) -> None:
+    """A signal ended the run: its exit code, and why in `stopped`; the task goes on."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()  # handled: what follows may await, time out, and be cancelled anew
+    summary.exit = stop.exit_code
+    summary.stopped = f"{stop.reason}; {summary.stopped}" if summary.stopped else stop.reason
+
+
+RECOUNTED = (
+    *("rows", "answered", "failed", "row_errors", "invalid", "skipped", "pending"),
+    *("batch_collected", "batch_pending"),
+)
+
+
+async def _recount(
+    config: Config, opened: OpenedInput, summary: Summary, answered: Container[str]
+) -> None:
+    """After a signal: every row as the store has it now, counted; nothing is sent, and
+    no output written. A chunk's rows are counted only once it is finished, so without
+    this an interrupted run would count none of the rows it had answered."""
+    counted = Summary()
+    frames = opened.source.chunks(config.run.chunk_rows)
+    try:
+        await execute(
+            config,
+            opened.renderer,
+            frames,
+            _discard,
+            summary=counted,
+            offline=True,
+            batch_answered=answered,
+        )
+    except PipelineError as exc:
+        log.warning("cannot count the rows from the store %s: %s", config.store_path, exc)
+        return
+    for name in RECOUNTED:
+        setattr(summary, name, getattr(counted, name))
+    summary.from_store = max(0, counted.from_store - summary.received)
+    summary.evaluation, summary.evaluation_table = counted.evaluation, counted.evaluation_table
+
+
 def _held_back(outcome: BatchOutcome) -> str:
     """Why the run stops early when the budget kept requests from being submitted."""
     return (
@@ -251,20 +369,56 @@ def _held_back(outcome: BatchOutcome) -> str:
     )
 
 
-def _count_batches(summary: Summary, outcome: BatchOutcome) -> None:
-    """Add the batches' answers to what the engine counted."""
-    summary.from_store = max(0, summary.from_store - outcome.answered)  # answered by batches
+def _count_batches(
+    summary: Summary, outcome: BatchOutcome | None, *, detached: bool = False
+) -> None:
+    """Add the batches' tokens and cost to what the engine counted (which counted the rows
+    they answered as `batch_collected`), and say why rows are left pending."""
+    if outcome is None:
+        return
     summary.prompt_tokens += outcome.prompt_tokens
     summary.completion_tokens += outcome.completion_tokens
     if outcome.cost_usd:
         summary.cost_usd = (summary.cost_usd or 0.0) + outcome.cost_usd
     if outcome.held_back and not summary.stopped:  # the engine's counting cleared it
         summary.stopped = _held_back(outcome)
-    if summary.pending and not outcome.fallback and not summary.stopped:
-        summary.stopped = (
+    if detached:  # the rows in the batches just submitted are pending, as they should be
+        return
+    if summary.batch_pending:
+        waiting = _waiting(summary, outcome)
+        summary.stopped = f"{summary.stopped}; {waiting}" if summary.stopped else waiting
+    elif summary.pending and summary.mode == "batch" and not outcome.fallback:
+        summary.stopped = summary.stopped or (
             f"{summary.pending} rows have no answer from the batches (expired, cancelled or "
             "failed); the next run submits them again"
         )
+
+
+def _waiting(summary: Summary, outcome: BatchOutcome) -> str:
+    """Why an online run left rows pending: their requests are in open batches."""
+    ids = [str(r.batch_id) for r in outcome.batches.values() if r.state != "collected"]
+    return (
+        f"{summary.batch_pending} rows wait on open batches ({', '.join(ids)}) and were not "
+        "sent online, not to pay twice; a run in batch mode (--set run.mode=batch) waits for "
+        "them, or --set run.batch.deadline=DURATION cancels those submitted longer ago, "
+        "keeps what they completed and sends the rest online"
+    )
+
+
+def not_reparsed(config: Config, summary: Summary, uses_labels: bool) -> str:
+    """Why reparse left the output as it was: rows whose request the store has no answer for."""
+    why = (
+        "the prompt uses {{ labels }}, so changing output.labels changes every request, as "
+        "changing the prompt, model.name or model.params does"
+        if uses_labels
+        else "changing the prompt, model.name or model.params changes the requests"
+    )
+    return (
+        f"{summary.pending} of {summary.rows} rows have no answer in the store "
+        f"{config.store_path} for the requests this config makes, so {summary.output} was "
+        f"left as it was; reparse reuses answers only for unchanged requests, and {why}; "
+        "`pipeline run` would send them"
+    )
 
 
 def limit_path(output: Path, limit: int | None) -> Path:
@@ -274,11 +428,13 @@ def limit_path(output: Path, limit: int | None) -> Path:
     return output.with_name(f"{output.stem}.first-{limit}{output.suffix}")
 
 
-def record(summary: Summary, config: Config, command: str) -> None:
-    """Write the summary beside the output and a line in the run log, as far as possible."""
-    if summary.exit != EXIT_LOCKED and summary.output:  # locked: the output is the other run's
+def record(summary: Summary, config: Config, command: str, output: Path | None = None) -> None:
+    """Write the summary beside the output (`output`: where a run that writes none, detached,
+    would have written it) and a line in the run log, as far as possible."""
+    beside = Path(summary.output) if summary.output else output
+    if summary.exit != EXIT_LOCKED and beside is not None:  # locked: the other run's output
         with contextlib.suppress(OSError):
-            write_summary(summary, Path(summary.output))
+            summary.written.append(str(write_summary(summary, beside)))
     log_run(summary, config, command)
 
 
@@ -304,12 +460,15 @@ async def execute(
     offline: bool = False,
     prune_memo: bool = False,
     latencies: list[float] | None = None,
+    batch_answered: Container[str] = frozenset(),
 ) -> None:
     """The engine: frames in, answered frames to `write`, in order, under the store's lock.
 
     `summary` counts what happened, also when an error ends the run part-way.
     `prune_memo`: `frames` are the whole input, so memoised chunks not seen are stale.
     `latencies`, when given, gets the seconds each answered request took.
+    The keys in open batches are never sent: their rows stay pending (`batch_pending`);
+    `batch_answered`: keys this run's batches answered, counted as `batch_collected`.
     """
     progress = progress or Progress(enabled=False)
     key = None if offline else api_key(config)
@@ -336,6 +495,8 @@ async def execute(
                 progress=progress,
                 offline=offline,
                 pool=engine.pool,
+                held=store.open_batch_keys(),
+                batch_answered=batch_answered,
             )
             try:
                 async with contextlib.AsyncExitStack() as stack:

@@ -23,7 +23,8 @@ EXIT_STOPPED = 3  # stopped sending early: key or model rejected, budget, endpoi
 EXIT_LOCKED = 4  # another run holds the store
 EXIT_PART_WAY = 5  # an input, output or store error after sending began; answers are kept
 EXIT_INTERNAL = 6  # a bug: one line on stderr, the traceback in a file
-EXIT_INTERRUPTED = 130  # Ctrl-C
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT)
+EXIT_TERMINATED = 143  # SIGTERM (systemd's stop, `timeout`): 128 + 15
 
 
 @dataclass
@@ -34,6 +35,7 @@ class Summary:
     answered: int = 0
     from_store: int = 0
     failed: int = 0
+    row_errors: int = 0  # of the failed rows: those the template or an image fails on
     invalid: int = 0
     skipped: int = 0
     pending: int = 0
@@ -53,12 +55,16 @@ class Summary:
     workers: int | None = None  # run.engine ray: the worker actors that sent
     ray_start_s: float | None = None  # ... and the seconds Ray took to have them ready
     batch_submitted: int = 0  # requests this run submitted in batches
+    batch_collected: int = 0  # rows answered by batch answers this run collected
+    batch_pending: int = 0  # rows pending because their request is in an open batch
     batches: list[dict[str, Any]] = field(default_factory=list)  # id, state, counts
     input_commit: str | None = None  # an oxen:// input, or a committed file: its commit
     commit: str | None = None  # oxen:// or output.commit: the commit made (None: none/unchanged)
     output_url: str | None = None  # an s3:// output: the URL written (None: not uploaded)
     evaluation: dict[str, Any] | None = None  # the scores against output.gold
     evaluation_table: str | None = None  # the same for the terminal (not in the JSON)
+    received: int = 0  # rows answered by this run's requests (not in the JSON)
+    written: list[str] = field(default_factory=list)  # the files this run wrote (not in it)
 
     def count(self, status: str) -> None:
         self.count_many(status, 1)
@@ -92,6 +98,8 @@ class Summary:
         data.pop("fail_threshold")
         data.pop("exit")
         data.pop("evaluation_table")
+        data.pop("received")
+        data.pop("written")
         data["exit_code"] = self.exit_code
         data["seconds"] = round(self.seconds, 3)
         if self.cost_usd is not None:

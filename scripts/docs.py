@@ -34,7 +34,9 @@ from pipeline.cli import build_parser  # noqa: E402
 from pipeline.config import Config  # noqa: E402
 
 EXAMPLE = Path("configs/classify.yaml")
-EXIT_CODE = re.compile(r"^  (\d+) +(.+)$", flags=re.MULTILINE)
+# A code line ("  3    stopped early (key or model rejected, ..."), then the lines that
+# continue its meaning, indented deeper ("       10 minutes), ..."): one code each.
+EXIT_CODE = re.compile(r"^  (\d+) +(.+(?:\n {3,}\S.*)*)$", flags=re.MULTILINE)
 
 
 def generated_from(source: str) -> str:
@@ -67,14 +69,23 @@ How the file is read:
   the config file's folder; `~` is expanded.
 - **Environment.** Values may use `${VAR}` or `${VAR:-default}`; an unset variable without a
   default is an error naming the key. Secrets appear only as the *name* of a variable
-  (`model.api_key_env`).
+  (`model.api_key_env: OXEN_API_KEY`, not `${OXEN_API_KEY}`, which would put the key itself
+  there). Every `*_env` key must be a variable name (letters, digits and `_`, not starting
+  with a digit); any other value is an error that names the key and its line but does not
+  show the value, which is most likely the key. A password in `model.base_url`
+  (`http://user:password@host/v1`) is shown as `***` wherever the URL is printed or written.
 - **Overrides.** Any key can be set on the command line: `pipeline run CONFIG --set
   run.concurrency=8 --set model.params.temperature=0.2` (values are read as YAML).
 - **Errors.** Unknown keys, wrong types and missing keys are errors that name the key and
-  its line, before anything is read or sent.
+  its line, before anything is read or sent. So is a key given twice in one mapping (the
+  error names both lines; YAML alone would keep the last silently), and an empty
+  value where none makes sense: `input.path`, `output.path`, `output.column`, `run.store`,
+  `prompt.template`, `prompt.system`, `model.name`, `model.base_url` and the `*_env` keys
+  (`--set model.name=` included). Leave an optional key out, or set it to `null`, to unset it.
 - **Templates** are Jinja2 with `StrictUndefined`. Their variables are checked against the
   input's columns before anything is sent. Null cells render as empty strings unless
-  `prompt.skip_null` names their column.
+  `prompt.skip_null` names their column. CSV and TSV cells are text, rendered as written;
+  a template that computes with one converts it: `{{ (price | float) * 2 }}`.
 - **Unset** in the default column: the key may be left out or set to `null`; the meaning
   says what that does.
 
@@ -295,6 +306,12 @@ def anchor(name: str) -> str:
     return name.replace(" ", "-")
 
 
+def exit_codes(epilog: str) -> list[tuple[str, str]]:
+    """The (code, meaning) pairs an epilog lists, a meaning over several lines joined."""
+    listed = epilog.partition("exit codes:")[2]
+    return [(code, " ".join(meaning.split())) for code, meaning in EXIT_CODE.findall(listed)]
+
+
 def cli_md() -> str:
     parser = build_parser()
     found = list(commands(parser))
@@ -315,10 +332,10 @@ def cli_md() -> str:
         out += ["```", synopsis(name, sub), "```", ""]
         out += ["| argument | meaning |", "|---|---|"]
         out += [f"| `{argument_name(a)}` | {cell(help_text(a))} |" for a in arguments(sub)]
-        prose, _, listed = (sub.epilog or "").partition("exit codes:")
+        prose = (sub.epilog or "").partition("exit codes:")[0]
         if prose.strip():
             out += ["", sentence(prose)]
-        codes = EXIT_CODE.findall(listed)
+        codes = exit_codes(sub.epilog or "")
         out.append("")
         if codes:
             out += ["Exit codes:", "", "| code | meaning |", "|---:|---|"]

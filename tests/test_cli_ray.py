@@ -222,7 +222,10 @@ def test_a_worker_killed_mid_run_loses_nothing_and_repeats_only_its_requests(
     assert got["answer"].to_list()[:3] == ["echo: item 0", "echo: item 1", "echo: item 2"]
 
 
-def test_ctrl_c_stops_the_cluster_and_keeps_every_answer(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_stops_the_cluster_and_keeps_every_answer(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
     rows = 300
     make_table(tmp_path, rows)
     with FakeServer(latency=0.03) as server:
@@ -230,15 +233,22 @@ def test_ctrl_c_stops_the_cluster_and_keeps_every_answer(tmp_path: Path) -> None
         process = start_run(config)
         wait_for(lambda: server.count >= 40)
         workers = ray_workers(process.pid)
-        process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=60)
+        process.send_signal(signum)
+        out, err = process.communicate(timeout=60)
         sent = server.count
         time.sleep(0.5)
         assert server.count == sent  # nothing is sent after the run ends
-    assert process.returncode == 130, err
-    assert "interrupted" in err
+    code = 130 if signum == signal.SIGINT else 143
+    assert process.returncode == code, err
+    assert ("interrupted" if code == 130 else "stopped by SIGTERM") in err
+    assert "Traceback" not in err
     assert workers and gone(workers)  # stopped with the run
-    assert stored(tmp_path) >= sent - 4
+    kept = stored(tmp_path)
+    assert kept >= sent - 4
+    summary = Ran(process.returncode, out, err).summary  # printed, counted from the store
+    assert summary["exit_code"] == code and summary["engine"] == "ray"
+    assert summary["rows"] == rows and summary["answered"] == kept
+    assert summary["pending"] == rows - kept
 
 
 def test_without_ray_installed_the_error_says_what_to_install(tmp_path: Path) -> None:

@@ -91,12 +91,49 @@ def test_every_command_and_option_is_in_the_cli_reference() -> None:
 
 
 def exit_codes(epilog: str) -> list[tuple[str, str]]:
-    return re.findall(r"^  (\d+) +(.+)$", epilog.partition("exit codes:")[2], flags=re.M)
+    """(code, meaning) per code line; the deeper-indented lines after it continue its meaning."""
+    listed = epilog.partition("exit codes:")[2]
+    found = re.findall(r"^  (\d+) +(.+(?:\n {3,}\S.*)*)$", listed, flags=re.M)
+    return [(code, " ".join(meaning.split())) for code, meaning in found]
+
+
+EPILOG_OVER_LINES = """prose
+exit codes:
+  0    fine
+  3    stopped early (key rejected, only 429s for
+       10 minutes), or rows left pending; answers
+       are kept
+  130  interrupted
+"""
+
+
+def test_an_exit_code_meaning_over_several_lines_is_read_whole() -> None:
+    whole = [
+        ("0", "fine"),
+        (
+            "3",
+            "stopped early (key rejected, only 429s for 10 minutes), or rows left pending; "
+            "answers are kept",
+        ),
+        ("130", "interrupted"),
+    ]
+    assert exit_codes(EPILOG_OVER_LINES) == whole
+    assert load_script("docs").exit_codes(EPILOG_OVER_LINES) == whole
+
+
+def test_the_cli_reference_gives_each_exit_code_its_whole_meaning() -> None:
+    """Each table row of docs/cli.md ends where its meaning ends in the epilog, not at the
+    end of the epilog's first line."""
+    page = read("docs/cli.md")
+    for name, sub in subcommands(build_parser(), "pipeline").items():
+        rows = re.findall(r"^\| (\d+) \| (.*) \|$", section(page, name), flags=re.M)
+        listed = [(c, m.replace("\\|", "|")) for c, m in rows if c.isdigit()]
+        assert listed == exit_codes(sub.epilog or ""), name
 
 
 def test_every_exit_code_is_documented() -> None:
     codes = exit_codes(EPILOG)
-    assert [code for code, _ in codes] == ["0", "1", "2", "3", "4", "5", "6", "130"]
+    assert [code for code, _ in codes] == ["0", "1", "2", "3", "4", "5", "6", "130", "143"]
     page = read("docs/cli.md")
     for name, sub in subcommands(build_parser(), "pipeline").items():
         text = section(page, name)
