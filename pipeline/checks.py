@@ -22,10 +22,20 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def api_key(config: Config) -> str | None:
-    """The key from `model.api_key_env`; required unless the endpoint is on this machine."""
+    """The key from `model.api_key_env`; required unless the endpoint is on this machine or
+    `model.base_url` carries its own credentials (`user:password@`, sent as basic auth)."""
     key = os.environ.get(config.model.api_key_env) or None
-    host = urlsplit(config.model.base_url).hostname or ""
-    if key is None and host not in LOCAL_HOSTS:
+    parts = urlsplit(config.model.base_url)
+    if parts.username is not None or parts.password is not None:
+        if key is not None:
+            raise ConfigError(
+                f"model.base_url {redact_url(config.model.base_url)} carries a user name and "
+                f"password, and {config.model.api_key_env} holds a key: both would be sent as "
+                "the Authorization header; take the user info out of the URL, or unset "
+                f"{config.model.api_key_env} (config key model.api_key_env)"
+            )
+        return None
+    if key is None and (parts.hostname or "") not in LOCAL_HOSTS:
         raise ConfigError(
             f"environment variable {config.model.api_key_env} is not set; put your API key "
             f"for {redact_url(config.model.base_url)} there (config key model.api_key_env)"

@@ -150,7 +150,9 @@ class ModelConfig(_Strict):
         default=DEFAULT_BASE_URL,
         description="any OpenAI-compatible http(s) base URL; requests go to "
         "{base_url}/chat/completions; "
-        "a password in it (`user:password@`) is shown as `***` wherever the URL is printed",
+        "a user and password in it (`user:password@`) are sent as basic auth instead of a key "
+        "(model.api_key_env's variable must then be unset) and the password is shown as `***` "
+        "wherever the URL is printed",
     )
     name: str = Field(default=DEFAULT_MODEL, description="the model id sent with every request")
     api_key_env: str = Field(

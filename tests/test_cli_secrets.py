@@ -234,3 +234,21 @@ def test_models_say_a_set_key_was_rejected_and_name_a_config_s_variable(tmp_path
         f"in {config})\n"
     )
     assert accepted.code == 0 and accepted.stdout.split() == ["fake-model"]
+
+
+def test_a_base_url_password_is_sent_as_basic_auth_and_not_beside_a_key(tmp_path: Path) -> None:
+    table(tmp_path)
+    with FakeServer() as server:
+        config = write_config(tmp_path, with_password(server.base_url))
+        both = run_cli("run", str(config), "--no-progress", env={"TEST_KEY": KEY})
+        sent_with_both = server.count
+        alone = run_cli("run", str(config), "--no-progress")
+        headers = list(server.headers)
+
+    assert both.code == 2 and sent_with_both == 0
+    assert "carries a user name and password, and TEST_KEY holds a key" in both.stderr
+    assert_nowhere(KEY, both, tmp_path)
+    assert alone.code == 0, alone.stderr
+    auth = {h.get("authorization") or h.get("Authorization") for h in headers}
+    assert len(auth) == 1 and next(iter(auth)).startswith("Basic ")  # never a Bearer key
+    assert_nowhere(PASSWORD, alone, tmp_path)
