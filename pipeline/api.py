@@ -14,10 +14,11 @@ from pydantic import BaseModel, ValidationError
 
 from .checks import check_new_columns
 from .config import DEFAULT_MODEL, Config, ModelConfig, OutputConfig, PromptConfig
+from .ending import log_run
 from .errors import ConfigError, PipelineError, RunStopped
+from .execute import execute
 from .render import Renderer
 from .runconfig import RunConfig
-from .runner import execute, log_run
 from .summary import Summary
 
 T = TypeVar("T")

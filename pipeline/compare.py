@@ -33,10 +33,11 @@ from .comparereport import unanswered_text
 from .config import Config
 from .configfile import load
 from .errors import ConfigError, LockError, PipelineError
+from .execute import execute, model_price
 from .parse import Parser
 from .progress import Progress
 from .records import FAILED, PENDING, SKIPPED
-from .runner import model_price, open_input, open_source
+from .runner import open_input, open_source
 from .scoretable import gold_warning
 from .summary import Summary
 
@@ -115,7 +116,6 @@ async def _answer(
     """Run the sample through one variant: its answered frame, summary and latencies, each
     row's store key (None: skipped or not renderable) and status."""
     from .job import render_rows
-    from .runner import execute
 
     renderer = open_input(variant.config).renderer
     requests, errors = render_rows(renderer, rows)

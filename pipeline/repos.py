@@ -62,7 +62,7 @@ def provenance(
     prompt = json.dumps(
         {"system": config.prompt.system, "template": config.prompt.template}, sort_keys=True
     )
-    from .runner import config_hash
+    from .ending import config_hash
 
     return {
         "config_hash": config_hash(config),
