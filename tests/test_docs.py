@@ -13,7 +13,8 @@ from types import ModuleType
 import pytest
 
 from pipeline.answers import META_COLUMNS, TRACE_COLUMNS
-from pipeline.cli import EPILOG, build_parser
+from pipeline.cli import build_parser
+from pipeline.clihelp import EPILOG
 from pipeline.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
