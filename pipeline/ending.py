@@ -107,6 +107,7 @@ def signalled(summary: Summary, stop: Stop) -> None:
     summary.stopped = f"{stop.reason}; {summary.stopped}" if summary.stopped else stop.reason
 
 
+RECOUNT_S = 30.0  # a signalled run's count of its rows from the store takes at most this
 RECOUNTED = (
     *("rows", "answered", "failed", "row_errors", "invalid", "skipped", "pending"),
     *("batch_collected", "batch_pending"),
@@ -121,8 +122,13 @@ async def recount(
     this an interrupted run would count none of the rows it had answered."""
     counted = Summary()
     frames = opened.source.chunks(config.run.chunk_rows)
+    log.info(
+        "counting the rows from the store for the summary (at most %.0fs; a second signal "
+        "quits at once)",
+        RECOUNT_S,
+    )
     try:
-        await execute(
+        counting = execute(
             config,
             opened.renderer,
             frames,
@@ -131,8 +137,16 @@ async def recount(
             offline=True,
             batch_answered=answered,
         )
+        await asyncio.wait_for(counting, RECOUNT_S)
     except PipelineError as exc:
         log.warning("cannot count the rows from the store %s: %s", config.store_path, exc)
+        return
+    except TimeoutError:
+        why = (
+            f"the rows were not all counted within {RECOUNT_S:.0f}s: `pipeline status` counts them"
+        )
+        log.warning("%s", why)
+        summary.stopped = f"{summary.stopped}; {why}" if summary.stopped else why
         return
     for name in RECOUNTED:
         setattr(summary, name, getattr(counted, name))

@@ -184,3 +184,27 @@ class HeldModels(list[dict[str, Any]]):
         self.asked.set()
         self.gate.wait(60)
         return super().__iter__()
+
+
+def test_a_recount_that_takes_too_long_says_so_in_the_summary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The count after a signal is bounded (systemd kills a unit that takes too long to
+    stop): past it, the summary says `pipeline status` counts the rows."""
+    import asyncio
+
+    from pipeline import ending
+    from pipeline.configfile import load
+    from pipeline.runner import open_input
+    from pipeline.summary import Summary
+
+    pl.DataFrame({"text": [f"item {n}" for n in range(ROWS)]}).write_csv(tmp_path / "in.csv")
+    config = load(write_config(tmp_path, "http://127.0.0.1:9/v1"), [])
+    monkeypatch.setattr(ending, "RECOUNT_S", 0.0)
+    summary = Summary()
+    summary.stopped = "interrupted by SIGTERM"
+    asyncio.run(ending.recount(config, open_input(config), summary, set()))
+    assert summary.stopped == (
+        "interrupted by SIGTERM; the rows were not all counted within 0s: `pipeline status` "
+        "counts them"
+    )
