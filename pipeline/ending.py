@@ -90,6 +90,20 @@ def not_reparsed(config: Config, summary: Summary, uses_labels: bool) -> str:
         if uses_labels
         else "changing the prompt, model.name or model.params changes the requests"
     )
+    held = min(summary.batch_pending, summary.pending)
+    if held:  # their requests are unchanged: they wait in a batch not collected yet
+        changed = summary.pending - held
+        more = (
+            f"; {changed} more have no answer for the requests this config makes ({why})"
+            if changed
+            else ""
+        )
+        return (
+            f"{summary.pending} of {summary.rows} rows have no answer in the store "
+            f"{config.store_path}, so {summary.output} was left as it was: {held} wait in an "
+            "open batch, which `pipeline run --set run.mode=batch` collects (then reparse "
+            f"again){more}"
+        )
     return (
         f"{summary.pending} of {summary.rows} rows have no answer in the store "
         f"{config.store_path} for the requests this config makes, so {summary.output} was "

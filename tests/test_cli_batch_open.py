@@ -290,3 +290,25 @@ def test_an_online_run_that_cannot_poll_the_open_batches_still_sends_none_of_the
     assert sorted(body["messages"][-1]["content"] for body in server.requests) == rows[3:]
     assert ran.summary["batch_pending"] == 3 and ran.summary["answered"] == 2
     assert batch_states(config) == ["submitted"]
+
+
+def test_reparse_over_an_open_batch_says_the_rows_wait_in_it(
+    tmp_path: Path, server: FakeServer
+) -> None:
+    rows = texts(6)
+    config = job(tmp_path, server, rows[:4], mode="online")
+    assert run(config).code == 0
+    before = (config.parent / "out/answers.parquet").read_bytes()
+    grow(config, rows)
+    assert run(config, "--set", "run.mode=batch", "--detach").code == 0
+
+    ran = run_cli("reparse", str(config), env=ENV)
+    assert ran.code == 1, ran.stderr
+    assert "2 of 6 rows have no answer in the store" in ran.summary["error"]
+    assert (
+        "2 wait in an open batch, which `pipeline run --set run.mode=batch` collects"
+        in (ran.summary["error"])
+    )
+    assert "changes the requests" not in ran.summary["error"]  # the prompt did not change
+    assert (config.parent / "out/answers.parquet").read_bytes() == before
+    assert server.count == 4
