@@ -5,31 +5,24 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Any
 
 import polars as pl
-import pytest
-from e2e import run_cli, write_config
-from fake_server import FakeServer, last_content
+from e2e import Ran, run_cli, write_config
+from fake_server import FakeServer
+from test_cli_compare import KEY, MODELS, WORDS, answer
+from test_cli_compare import job as job  # the fixture: test_cli_compare's 24-row table
 
-KEY = {"TEST_KEY": "sk-test-compare"}
-WORDS = ["billing", "bug", "feature", "bug", "billing", "bug", "feature", "billing"]
-MODELS = [{"id": "fake-model", "object": "model"}, {"id": "other-model", "object": "model"}]
 LABELS = {"parse": "label", "labels": ["billing", "bug", "feature"], "gold": "truth"}
 
 
-def answer(body: dict[str, Any]) -> str:
-    """fake-model answers the first word; other-model takes every feature for a bug."""
-    word = last_content(body).split()[0]
-    return "bug" if body["model"] == "other-model" and word == "feature" else word
-
-
-@pytest.fixture
-def job(tmp_path: Path) -> Path:
-    texts = [f"{word} {i}" for i, word in enumerate(WORDS * 3)]  # 24 rows
-    frame = pl.DataFrame({"id": range(24), "text": texts, "truth": [t.split()[0] for t in texts]})
-    frame.write_csv(tmp_path / "in.csv")
-    return tmp_path
+def compare(config: Path, n: int, *variants: str, report: Path | None = None) -> Ran:
+    """`pipeline compare CONFIG -n N --variant ...` (and `--report`), with the test key."""
+    args = ["compare", str(config), "-n", str(n)]
+    for variant in variants:
+        args += ["--variant", variant]
+    if report is not None:
+        args += ["--report", str(report)]
+    return run_cli(*args, env=KEY)
 
 
 def closed_port() -> int:
@@ -54,22 +47,14 @@ def test_variants_that_send_identical_requests_are_named(job: Path) -> None:
     report = job / "compare.html"
     with FakeServer(answer=answer, models=MODELS) as server:
         config = write_config(job, server.base_url, output=LABELS)
-        ran = run_cli(
-            "compare",
-            str(config),
-            "-n",
-            "6",
-            "--variant",
+        ran = compare(
+            config,
+            6,
             "a:run.concurrency=4",
-            "--variant",
             f"dead:model.base_url={dead}",
-            "--variant",
             "other:model.name=other-model",
-            "--variant",
             "relabel:output.labels=[billing, bug, feature, other]",
-            "--report",
-            str(report),
-            env=KEY,
+            report=report,
         )
         sent = server.count
     assert ran.code == 0, ran.stderr
@@ -95,17 +80,7 @@ def test_two_variants_alike_but_for_the_endpoint_compare_nothing(job: Path) -> N
     dead = f"http://127.0.0.1:{closed_port()}/v1"
     with FakeServer(answer=answer) as server:
         config = write_config(job, server.base_url)
-        ran = run_cli(
-            "compare",
-            str(config),
-            "-n",
-            "4",
-            "--variant",
-            "a:run.concurrency=4",
-            "--variant",
-            f"dead:model.base_url={dead}",
-            env=KEY,
-        )
+        ran = compare(config, 4, "a:run.concurrency=4", f"dead:model.base_url={dead}")
     assert ran.code == 0, ran.stderr
     assert ran.summary["warnings"] == [
         "variants a and dead send identical requests: their answers are shared from the "
@@ -117,20 +92,13 @@ def test_rows_a_stopped_variant_left_unanswered_are_not_disagreements(job: Path)
     report = job / "compare.html"
     with FakeServer(answer=answer, models=MODELS) as server:
         config = write_config(job, server.base_url, output=LABELS)
-        ran = run_cli(
-            "compare",
-            str(config),
-            "-n",
-            "8",
-            "--variant",
+        ran = compare(
+            config,
+            8,
             "fake:model.name=fake-model",
-            "--variant",
             "other:model.name=other-model",
-            "--variant",
             "bad:model.name=nosuch-model",
-            "--report",
-            str(report),
-            env=KEY,
+            report=report,
         )
     assert ran.code == 3  # a variant stopped early, as documented
     disagreements = ran.summary["disagreements"]
@@ -152,18 +120,8 @@ def test_only_a_stopped_variant_differing_leaves_no_disagreement(job: Path) -> N
     report = job / "compare.html"
     with FakeServer(answer=answer, models=MODELS) as server:
         config = write_config(job, server.base_url, output=LABELS)
-        ran = run_cli(
-            "compare",
-            str(config),
-            "-n",
-            "5",
-            "--variant",
-            "fake:model.name=fake-model",
-            "--variant",
-            "bad:model.name=nosuch-model",
-            "--report",
-            str(report),
-            env=KEY,
+        ran = compare(
+            config, 5, "fake:model.name=fake-model", "bad:model.name=nosuch-model", report=report
         )
     assert ran.code == 3
     assert ran.summary["disagreements"]["total"] == 0
@@ -197,18 +155,12 @@ def test_gold_values_outside_the_labels_are_warned_about(tmp_path: Path) -> None
         config = write_config(tmp_path, server.base_url, output=output)
         ran = run_cli("run", str(config), "--report", str(tmp_path / "run.html"), env=KEY)
         reparsed = run_cli("reparse", str(config), env=KEY)
-        compared = run_cli(
-            "compare",
-            str(config),
-            "-n",
-            "8",
-            "--variant",
+        compared = compare(
+            config,
+            8,
             "fake:model.name=fake-model",
-            "--variant",
             "other:model.name=other-model",
-            "--report",
-            str(tmp_path / "compare.html"),
-            env=KEY,
+            report=tmp_path / "compare.html",
         )
     assert ran.code == reparsed.code == compared.code == 0, ran.stderr
     for done in (ran, reparsed):

@@ -6,6 +6,7 @@ go, so the signal always finds the same rows answered and the same requests in f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -13,6 +14,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -119,58 +122,60 @@ def test_a_signal_mid_run_prints_writes_and_logs_what_the_store_kept(
     assert rerun.summary["from_store"] == ANSWERED
 
 
-def test_a_signal_during_the_model_check_says_nothing_was_sent(tmp_path: Path) -> None:
-    """Stopped while the preflight waits on the server: the summary still comes, with the
-    row pending and no request sent."""
-    pl.DataFrame({"id": [0], "text": ["item 0"]}).write_csv(tmp_path / "in.csv")
+@dataclass
+class Stopped:
+    server: FakeServer
+    process: subprocess.Popen[str]
+    lines: list[str]  # the run's stderr, as it comes
+    out: str = ""  # its stdout, once it ended
+
+
+@contextlib.contextmanager
+def stopped_at_the_model_check(folder: Path) -> Iterator[Stopped]:
+    """A one-row run sent SIGTERM while its model check waits at the server; the check is
+    let go when the block ends, then the run's stdout is read."""
+    pl.DataFrame({"id": [0], "text": ["item 0"]}).write_csv(folder / "in.csv")
     gate, asked = threading.Event(), threading.Event()
     with FakeServer() as server:
         server.models = HeldModels(server.models, asked, gate)
-        config = write_config(tmp_path, server.base_url, run={"concurrency": 1})
-        lines: list[str] = []
+        config = write_config(folder, server.base_url, run={"concurrency": 1})
         with start_run(config) as process:
-            reader = threading.Thread(target=lambda: lines.extend(process.stderr or []))
+            stopped = Stopped(server, process, [])
+            reader = threading.Thread(target=lambda: stopped.lines.extend(process.stderr or []))
             reader.start()
             try:
                 wait_for(asked.is_set)  # the model check waits at the server
                 process.send_signal(signal.SIGTERM)
-                wait_for(lambda: any("stopping" in line for line in lines))
+                wait_for(lambda: any("stopping" in line for line in stopped.lines))
+                yield stopped
             finally:
                 gate.set()  # the check's thread ends; the run does not go on
-            out = process.stdout.read() if process.stdout else ""
+            stopped.out = process.stdout.read() if process.stdout else ""
             process.wait(timeout=60)
             reader.join(timeout=60)
-        err = "".join(lines)
+
+
+def test_a_signal_during_the_model_check_says_nothing_was_sent(tmp_path: Path) -> None:
+    """Stopped while the preflight waits on the server: the summary still comes, with the
+    row pending and no request sent."""
+    with stopped_at_the_model_check(tmp_path) as stopped:
+        pass
+    process, err = stopped.process, "".join(stopped.lines)
     assert process.returncode == 143, err
-    printed = last_json_line(out)
+    printed = last_json_line(stopped.out)
     assert printed["exit_code"] == 143 and "SIGTERM" in printed["stopped"]
     assert (printed["requests_sent"], printed["rows"], printed["pending"]) == (0, 1, 1)
-    assert server.count == 0
+    assert stopped.server.count == 0
     assert "Traceback" not in err
 
 
 def test_a_second_signal_ends_the_process_at_once(tmp_path: Path) -> None:
-    pl.DataFrame({"id": [0], "text": ["item 0"]}).write_csv(tmp_path / "in.csv")
-    gate, asked = threading.Event(), threading.Event()
-    with FakeServer() as server:
-        server.models = HeldModels(server.models, asked, gate)
-        config = write_config(tmp_path, server.base_url, run={"concurrency": 1})
-        lines: list[str] = []
-        with start_run(config) as process:
-            reader = threading.Thread(target=lambda: lines.extend(process.stderr or []))
-            reader.start()
-            try:
-                wait_for(asked.is_set)
-                process.send_signal(signal.SIGTERM)
-                wait_for(lambda: any("stopping" in line for line in lines))
-                # The graceful stop cannot end while the model check's thread waits here.
-                process.send_signal(signal.SIGTERM)
-                process.wait(timeout=30)
-            finally:
-                gate.set()
-            reader.join(timeout=60)
-    assert process.returncode == -signal.SIGTERM, "".join(lines)
-    assert server.count == 0
+    with stopped_at_the_model_check(tmp_path) as stopped:
+        # The graceful stop cannot end while the model check's thread waits here.
+        stopped.process.send_signal(signal.SIGTERM)
+        stopped.process.wait(timeout=30)
+    assert stopped.process.returncode == -signal.SIGTERM, "".join(stopped.lines)
+    assert stopped.server.count == 0
 
 
 class HeldModels(list[dict[str, Any]]):
