@@ -56,26 +56,23 @@ Handler = Callable[[argparse.Namespace], int]
 LIMIT_HELP = "only the first N rows (1 or more), written beside the output as NAME.first-N.EXT"
 
 
-def _count(text: str) -> int:
-    """A whole number of rows or requests, 0 or more."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
-    return value
+def _at_least(low: int) -> Callable[[str], int]:
+    """An argument type: a whole number, `low` or more."""
+
+    def whole(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected {low} or more, got {value}")
+        return value
+
+    return whole
 
 
-def _positive(text: str) -> int:
-    """A whole number of rows, 1 or more."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected 1 or more, got {value}")
-    return value
+_count = _at_least(0)  # rows or requests, 0 or more
+_positive = _at_least(1)  # rows, 1 or more
 
 
 Group = argparse._SubParsersAction  # what `add_subparsers` returns
