@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any
 
-from .batches import due_at
+from .batchcollect import described, due_at
 from .catalog import check_model, check_params, price
 from .checks import api_key, check_output, check_writable_folder
 from .config import Config
@@ -166,11 +166,7 @@ def open_batches(config: Config) -> list[dict[str, Any]]:
     deadline = config.run.batch.deadline
     return [
         {
-            "id": r.batch_id,
-            "state": r.remote or r.state,
-            "requests": r.requests,
-            "completed": r.completed,
-            "failed": r.failed,
+            **described(r),
             "age_s": round(now - r.created_at),
             "deadline_in_s": None if (due := due_at(r, deadline)) is None else round(due - now),
         }

@@ -28,7 +28,7 @@ from .signals import Stop
 from .summary import EXIT_LOCKED, Summary, append_run_log, write_summary
 
 if TYPE_CHECKING:
-    from .batches import BatchOutcome
+    from .batchcollect import BatchOutcome
     from .runner import OpenedInput
 
 log = logging.getLogger(__name__)

@@ -36,7 +36,7 @@ from .store import Store
 from .summary import EXIT_FAILED_ROWS, EXIT_INTERNAL, EXIT_INTERRUPTED, Summary
 
 if TYPE_CHECKING:
-    from .batches import BatchOutcome
+    from .batchcollect import BatchOutcome
 
 log = logging.getLogger(__name__)
 

@@ -72,7 +72,7 @@ class BatchRecord:
     failed: int
     created_at: float  # Unix time, when the batch was recorded, just before its upload
     deadline_at: float | None  # as the submitting run set it; a run measures its own
-    # run.batch.deadline from created_at instead (`batches.due_at`)
+    # run.batch.deadline from created_at instead (`batchcollect.due_at`)
 
 
 class Store:
