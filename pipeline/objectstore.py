@@ -41,6 +41,7 @@ import pyarrow as pa
 from pyarrow import fs
 
 from .errors import ConfigError, InputError, OutputError
+from .redact import hidden
 
 if TYPE_CHECKING:
     from .config import Config, StorageOptions
@@ -197,9 +198,7 @@ class Session:
         return f"{url}: {doing} failed: {first}"
 
     def redact(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return hidden(text, *self._secrets)
 
     def bucket_exists(self, url: S3Url) -> bool | None:
         """Whether the bucket exists; None when the credentials may not look (a writer

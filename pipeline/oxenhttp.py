@@ -30,6 +30,7 @@ from tenacity.wait import wait_random_exponential
 from .client import error_detail, retry_after
 from .errors import ConfigError, InputError, OutputError, RateLimited, RetryableError
 from .oxenaddress import OxenAddress
+from .redact import hidden
 from .retry import wait_retry_after
 
 log = logging.getLogger(__name__)
@@ -240,7 +241,7 @@ class OxenSession:
 
     def redact(self, text: str) -> str:
         """`text` with the API key replaced by `***`."""
-        return text.replace(self._key, "***") if self._key else text
+        return hidden(text, self._key)
 
 
 @contextlib.contextmanager

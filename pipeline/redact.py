@@ -1,7 +1,9 @@
-"""What is never printed or written: the password (or token) in a URL's user info.
+"""What is never printed or written: the password (or token) in a URL's user info, and the
+keys a client holds.
 
 `model.base_url` may carry credentials (`http://user:password@host/v1`); every message,
-log line and file that names the endpoint shows it through `redact_url`.
+log line and file that names the endpoint shows it through `redact_url`. A client that holds
+keys (Oxen's, S3's) passes a foreign error's text through `hidden` before it is shown.
 """
 
 from __future__ import annotations
@@ -29,6 +31,14 @@ def redact_in(text: str, url: str) -> str:
         return text
     userinfo = found["userinfo"]
     return text.replace(f"{userinfo}@", f"{_shown(userinfo)}@")
+
+
+def hidden(text: str, *secrets: str | None) -> str:
+    """`text` with each of `secrets` (those set) replaced by ***."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, HIDDEN)
+    return text
 
 
 def _shown(userinfo: str) -> str:
