@@ -14,6 +14,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Container, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import httpx
@@ -56,6 +57,13 @@ def model_price(config: Config, key: str | None) -> Price | None:
     return found_price
 
 
+@dataclass(frozen=True)
+class Priced:
+    """`model_price` asked already (once a run): its answer, None when no price is known."""
+
+    price: Price | None
+
+
 async def execute(
     config: Config,
     renderer: Renderer,
@@ -70,6 +78,7 @@ async def execute(
     prune_memo: bool = False,
     latencies: list[float] | None = None,
     batch_answered: Container[str] = frozenset(),
+    priced: Priced | None = None,
 ) -> None:
     """The engine: frames in, answered frames to `write`, in order, under the store's lock.
 
@@ -78,6 +87,7 @@ async def execute(
     `latencies`, when given, gets the seconds each answered request took.
     The keys in open batches are never sent: their rows stay pending (`batch_pending`);
     `batch_answered`: keys this run's batches answered, counted as `batch_collected`.
+    `priced`: the model checked already by the caller (else it is checked here, when sending).
     """
     progress = progress or Progress(enabled=False)
     key = None if offline else api_key(config)
@@ -85,7 +95,9 @@ async def execute(
         store = Store(config.store_path)
         try:
             found_price = price(config.model, None)
-            if not offline:
+            if priced is not None and not offline:
+                found_price = priced.price
+            elif not offline:
                 found_price = await asyncio.to_thread(model_price, config, key)
             if config.run.engine == "ray" and not offline:
                 from .rayengine import RayEngine  # run.engine: ray only

@@ -25,7 +25,7 @@ from .checks import api_key, check_new_columns, check_output
 from .config import Config
 from .ending import count_batches, discard, held_back, not_reparsed, record, recount, signalled
 from .errors import PipelineError, RequestError
-from .execute import execute, model_price
+from .execute import Priced, execute, model_price
 from .lock import Lock
 from .progress import Progress
 from .render import Renderer
@@ -130,13 +130,15 @@ async def run(
         total = opened.source.count()
         if total == 0:
             log.warning("the input %s has no rows: the output will have none", config.input.path)
-        outcome = None
-        if batch:
-            summary.mode = "batch"
-            outcome = await _batch_phase(config, summary, progress, transport, detach)
-            offline = not outcome.fallback
-        elif not offline:
-            outcome = await _settle_batches(config, summary, progress, transport)
+        outcome, priced = None, None
+        if not offline:  # the model is checked once a run, whichever phases send
+            priced = Priced(await asyncio.to_thread(model_price, config, api_key(config)))
+            if batch:
+                summary.mode = "batch"
+                outcome = await _batch_phase(config, summary, progress, transport, detach, priced)
+                offline = not outcome.fallback
+            else:
+                outcome = await _settle_batches(config, summary, progress, transport, priced)
         if detach:  # the rows as the store has them now, counted; no output written
             frames = opened.source.chunks(config.run.chunk_rows)
             await execute(config, opened.renderer, frames, discard, summary=summary, offline=True)
@@ -158,6 +160,7 @@ async def run(
             offline=offline,
             prune_memo=limit is None,
             batch_answered=answered,
+            priced=priced,
         )
         if offline and not batch and summary.pending:  # reparse: never a less answered output
             summary.error = not_reparsed(config, summary, opened.renderer.uses_labels)
@@ -215,19 +218,19 @@ async def _batch_phase(
     progress: Progress | None,
     transport: httpx.AsyncBaseTransport | None,
     detach: bool,
+    priced: Priced,
 ) -> BatchOutcome:
     """Submit, wait for and collect the batches, under the store's lock."""
     from .batchapi import BatchAPI  # batch mode only
     from .batches import Batches
 
     key = api_key(config)
-    found_price = await asyncio.to_thread(model_price, config, key)
     shown = Progress(enabled=progress.enabled, tty=progress.tty) if progress else None
     with Lock(config.store_path):
         store = Store(config.store_path)
         try:
             async with BatchAPI(config.model.base_url, key, transport=transport) as api:
-                batches = Batches(config, store, api, price=found_price, progress=shown)
+                batches = Batches(config, store, api, price=priced.price, progress=shown)
                 try:
                     outcome = await batches.run(detach=detach)
                 finally:
@@ -245,6 +248,7 @@ async def _settle_batches(
     summary: Summary,
     progress: Progress | None,
     transport: httpx.AsyncBaseTransport | None,
+    priced: Priced,
 ) -> BatchOutcome | None:
     """An online run over a store with open batches: collect what they finished first (the
     engine then sends none of the keys still in one). None: the store has no open batch."""
@@ -259,10 +263,9 @@ async def _settle_batches(
             if not store.batches():
                 return None
             key = api_key(config)
-            found_price = await asyncio.to_thread(model_price, config, key)
             shown = Progress(enabled=progress.enabled, tty=progress.tty) if progress else None
             async with BatchAPI(config.model.base_url, key, transport=transport) as api:
-                batches = Batches(config, store, api, price=found_price, progress=shown)
+                batches = Batches(config, store, api, price=priced.price, progress=shown)
                 try:
                     await batches.settle()
                 except RequestError as exc:

@@ -67,9 +67,11 @@ def test_an_online_run_sends_nothing_in_an_open_batch_and_says_how_to_proceed(
     assert detached.code == 0, detached.stderr
     assert len(server.submitted_custom_ids()) == 4
 
+    server.gets.clear()
     ran = online(config)
     assert ran.code == 3, ran.stderr
     assert server.count == 6  # not one chat request for the 4 rows in the open batch
+    assert [path for path in server.gets if "/models" in path] == ["/v1/models/fake-model"]
     assert server.polls == 1 and server.cancels == 0  # one look, as a batch run takes
     summary = ran.summary
     assert (summary["rows"], summary["answered"], summary["pending"]) == (10, 6, 4)
