@@ -18,6 +18,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from . import __version__
 from .batchcmds import cmd_batch_export, cmd_batch_import
@@ -42,6 +43,7 @@ from .errors import (
     RunStopped,
 )
 from .modelcmds import cmd_models_list, cmd_models_show
+from .redact import masked
 from .runcmds import cmd_compare, cmd_reparse, cmd_run
 from .signals import BY_CODE, exit_code, terminate_like_ctrl_c
 from .summary import (
@@ -78,8 +80,17 @@ _positive = _at_least(1)  # rows, 1 or more
 Group = argparse._SubParsersAction  # what `add_subparsers` returns
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors quote what was typed masked: a stray argument
+    (`--set model.api_key_env sk-...`, the space for the =) may be a key. Its subcommands'
+    parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(masked(message))
+
+
 def _subcommand(
-    group: Group[argparse.ArgumentParser], name: str, help: str, epilog: str
+    group: Group[_Parser], name: str, help: str, epilog: str
 ) -> argparse.ArgumentParser:
     """A command with its help as description and its exit codes as epilog."""
     return group.add_parser(
@@ -107,7 +118,7 @@ def _config_arguments(sub: argparse.ArgumentParser, handler: Handler) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pipeline",
         description="Run an LLM over every row of a table, as a YAML config describes.",
         epilog=EPILOG,

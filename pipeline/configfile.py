@@ -1,7 +1,7 @@
 """Config stage: YAML file -> one frozen, validated `Config`.
 
 Unknown keys, keys given twice, wrong types and missing keys are errors that name the key
-and its line.
+and its line; what the user typed is quoted through `redact.masked`, as it may hold a key.
 `${VAR}` / `${VAR:-default}` are expanded from the environment; relative paths are taken
 from the config file's folder; `--set a.b=value` overrides any key.
 """
@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from .config import Config
 from .errors import ConfigError
+from .redact import masked
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _MERGE = "tag:yaml.org,2002:merge"
@@ -51,7 +52,7 @@ class _Loader(yaml.SafeLoader):
                 continue  # `<<: *defaults` merges; the mapping's own keys override those
             line, key = key_node.start_mark.line + 1, (key_node.tag, key_node.value)
             if key in seen:
-                dotted = ".".join([*self._path, str(key_node.value)])
+                dotted = masked(".".join([*self._path, str(key_node.value)]))
                 where = f"on line {line}" if seen[key] == line else f"lines {seen[key]} and {line}"
                 raise ConfigError(
                     f"config key '{dotted}' is defined twice, {where}; write it once (YAML "
@@ -75,7 +76,8 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Config:
         node = loader.get_single_node()
         data = None if node is None else loader.construct_document(node)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML{_yaml_problem(exc, text)}") from exc
+        # from None: YAML's own error quotes the line as it is, and a traceback would show it
+        raise ConfigError(f"{path}: invalid YAML{_yaml_problem(exc, text)}") from None
     except ConfigError as exc:  # a key given twice
         raise ConfigError(f"{path}: {exc}") from None
     finally:
@@ -84,8 +86,8 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Config:
         raise ConfigError(f"{path}: the config must be a mapping of sections (input, prompt, ...)")
     lines: Lines = {}
     _key_lines(node, (), lines)
-    for item in overrides or []:
-        _apply_override(data, item, lines)
+    for position, item in enumerate(overrides or [], 1):
+        _apply_override(data, item, lines, position)
     expanded: Expanded = {}
     data = _expand(data, (), lines, expanded)
     try:
@@ -96,26 +98,29 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Config:
 
 
 def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:
-    """`(line N): what is wrong; line N is: its text`, N being where the problem starts.
+    """`(line N): what is wrong (column C); line N is: its text`, N and C being where the
+    problem starts; the line and YAML's words (which may quote it) are shown masked.
 
     The parser's `problem_mark` is where it gave up: for a quote or bracket never closed,
     that is the end of the file, so the `context_mark` (where the quote opened) is named.
+    `str(exc)` is not used for a marked error: it quotes the line as it is.
     """
-    problem = getattr(exc, "problem", None) or str(exc)
-    context = getattr(exc, "context", None)
+    if isinstance(exc, yaml.MarkedYAMLError):
+        problem = ", ".join(part for part in (exc.context, exc.problem) if part) or "unparsable"
+    else:
+        problem = str(exc)
+    problem = masked(problem)
     mark = getattr(exc, "problem_mark", None)
     start = getattr(exc, "context_mark", None)
     if mark is not None and start is not None and not text[mark.index :].strip():
         mark = start
-    if context:
-        problem = f"{context}, {problem}"
     if mark is None:
         return f": {problem}"
     lines = text.splitlines() or [""]
     number = min(mark.line + 1, len(lines))
-    shown = lines[number - 1].strip()
+    shown = masked(lines[number - 1].strip())
     shown = shown if len(shown) <= 120 else shown[:117] + "..."
-    return f" (line {number}): {problem}; line {number} is: {shown}"
+    return f" (line {number}): {problem} (column {mark.column + 1}); line {number} is: {shown}"
 
 
 def _key_lines(node: yaml.Node | None, prefix: tuple[str, ...], lines: Lines) -> None:
@@ -134,16 +139,20 @@ def _where(key: tuple[str, ...], lines: Lines) -> str:
     return ""
 
 
-def _apply_override(data: dict[str, Any], item: str, lines: Lines) -> None:
+def _apply_override(data: dict[str, Any], item: str, lines: Lines, position: int) -> None:
     name, sep, raw = item.partition("=")
     if not sep or not name.strip():
-        raise ConfigError(f"--set expects KEY=VALUE, e.g. run.concurrency=8; got {item!r}")
+        raise ConfigError(
+            f"--set #{position} expects KEY=VALUE, e.g. run.concurrency=8; got {masked(item)!r}"
+        )
     key = tuple(name.strip().split("."))
     if raw.startswith("@"):  # the text of a file, as it is: a template, a system prompt
         try:
             value: Any = Path(raw[1:]).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"--set {name}=@{raw[1:]}: cannot read the file: {exc}") from None
+            raise ConfigError(
+                f"--set {masked(name)}=@{raw[1:]}: cannot read the file: {exc}"
+            ) from None
     else:
         try:
             value = yaml.safe_load(raw) if raw.strip() else raw
@@ -153,7 +162,7 @@ def _apply_override(data: dict[str, Any], item: str, lines: Lines) -> None:
     for part in key[:-1]:
         child = target.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"--set {name}: {part!r} is not a section")
+            raise ConfigError(f"--set {masked(name)}: {masked(part)!r} is not a section")
         target = child
     target[key[-1]] = value
     lines[key] = -1
@@ -175,8 +184,9 @@ def _expand(value: Any, key: tuple[str, ...], lines: Lines, expanded: Expanded) 
             return found
         if default is not None:
             return default
+        name = masked(name)
         raise ConfigError(
-            f"config key {'.'.join(key)}{_where(key, lines)}: environment variable "
+            f"config key {masked('.'.join(key))}{_where(key, lines)}: environment variable "
             f"{name} is not set (use ${{{name}:-default}} for a fallback)"
         )
 
@@ -187,10 +197,10 @@ def _describe(exc: ValidationError, lines: Lines, expanded: Expanded) -> str:
     messages = []
     for error in exc.errors()[:5]:
         key = tuple(str(part) for part in error["loc"])
-        dotted = ".".join(key)
+        dotted = masked(".".join(key))
         where = _where(key, lines)
         if error["type"] == "env_name" and expanded.get(key):
-            name = expanded[key][0]
+            name = masked(expanded[key][0])
             messages.append(
                 f"config key '{dotted}'{where}: ${{{name}}} is replaced by the value of "
                 f"{name}, which is not a variable name and looks like a key itself, so it is "
@@ -203,7 +213,7 @@ def _describe(exc: ValidationError, lines: Lines, expanded: Expanded) -> str:
                 f"missing required key '{dotted}'{where.replace('line', 'in section at line')}"
             )
         else:
-            messages.append(f"config key '{dotted}'{where}: {error['msg']}")
+            messages.append(f"config key '{dotted}'{where}: {masked(error['msg'])}")
     more = len(exc.errors()) - 5
     return "; ".join(messages) + (f"; and {more} more" if more > 0 else "")
 

@@ -6,14 +6,14 @@ import asyncio
 
 import httpx
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from pipeline.breaker import Breaker
 from pipeline.catalog import Catalog
 from pipeline.client import ChatClient
 from pipeline.errors import CatalogUnavailable, RetryableError
-from pipeline.redact import redact_in, redact_url
+from pipeline.redact import masked, redact_in, redact_url
 
 
 @pytest.mark.parametrize(
@@ -54,6 +54,61 @@ def test_no_password_survives_redaction(user: str, password: str) -> None:
 def test_redact_in_leaves_text_without_the_url_alone() -> None:
     assert redact_in("connection refused", "http://u:p@h/v1") == "connection refused"
     assert redact_in("no user info: http://h/v1", "http://h/v1") == "no user info: http://h/v1"
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ('api_key: "hunter2', "api_key: ***"),  # the value of a key named like a secret
+        (
+            "  headers: {X-Trace: on, Authorization: Bearer pw]",
+            "headers: {X-Trace: on, Authorization: ***",
+        ),
+        ("- apiKey = hunter2", "- apiKey = ***"),
+        ("session_token_env: MY_TOKEN", "session_token_env: ***"),
+        ("model.api_key_env hunter2", "model.api_key_env ***"),  # a --set without its =
+        ("got Bearer pw-SECRET, then", "got Bearer ***, then"),
+        ("name: sk-live-SECRET999", "name: ***"),  # a known prefix
+        ("x 3f2a9c8e1b7d4f6a0e5c2b9d8a7f6e5d y", "x *** y"),  # a long run with digits
+        ("id: 123e4567-e89b-12d3-a456-426614174000", "id: ***"),
+        ("base_url: http://user:pw@host/v1", "base_url: http://user:***@host/v1"),
+        ("at http://u:p@ss@host/v1 now", "at http://u:***@host/v1 now"),  # the last @
+        ("found undefined alias 'ghp_abcdef123456'", "found undefined alias '***'"),
+        # kept: nothing here may be a secret, and seeing it helps
+        ("max_tokens: 100", "max_tokens: 100"),
+        ("tokens_per_minute: 5000", "tokens_per_minute: 5000"),
+        ("name: claude-3-5-sonnet-20241022", "name: claude-3-5-sonnet-20241022"),
+        ("api_key_env is not set", "api_key_env is not set"),
+        ("sent as basic auth", "sent as basic auth"),
+        ("OPENAI_API_KEY_PRODUCTION", "OPENAI_API_KEY_PRODUCTION"),
+        ("it looks like a key itself, so", "it looks like a key itself, so"),
+        ("unknown encoding 'klingon': use utf8", "unknown encoding 'klingon': use utf8"),
+    ],
+)
+def test_masked(text: str, shown: str) -> None:
+    assert masked(text.strip()) == shown
+
+
+@given(
+    key=st.from_regex(
+        r"([a-z]{1,5}[_.-])?(api_key|apiKey|token|secret|password|Authorization)([_-][a-z]{1,5})?",
+        fullmatch=True,
+    ),
+    value=st.text(st.characters(codec="ascii", categories=["L", "N", "P", "S"]), min_size=1),
+)
+def test_no_value_of_a_secret_key_survives_masking(key: str, value: str) -> None:
+    assume(masked(key) == key)  # sk_token: the name itself looks like a key
+    for before in (f"{key}: ", f"  {key}=", f"{{a: 1, {key}: "):
+        assert masked(before + value) == before + "***"
+
+
+@given(
+    st.text(st.sampled_from("abcdefXYZ0123456789"), min_size=24).filter(
+        lambda t: any(c.isdigit() for c in t) and any(c.isalpha() for c in t)
+    )
+)
+def test_no_token_survives_masking(token: str) -> None:
+    assert masked(f"line 3 is: {token}") == "line 3 is: ***"
 
 
 def test_the_chat_client_hides_the_password_in_a_connection_error() -> None:
