@@ -20,6 +20,7 @@ from .errors import InputError, printable
 from .images import MIB, ImageReader
 from .parse import response_format
 from .records import Request
+from .templating import TemplateEnvironment
 
 KEY_VERSION = "r1"
 DEFAULT_RESERVE = 256  # completion tokens reserved when params set no max_tokens
@@ -155,7 +156,7 @@ class Renderer:
         output: OutputConfig | None = None,
         image_base: Path = Path(),
     ) -> None:
-        env = jinja2.Environment(
+        env = TemplateEnvironment(
             undefined=jinja2.StrictUndefined, keep_trailing_newline=True, finalize=_finalize
         )
         columns = list(columns)

@@ -444,3 +444,104 @@ def test_the_body_writer_gives_the_canonical_bytes(
 
     as_dicts = [{"role": role, "content": text} for role, text in messages]
     assert _BodyWriter(model, params).write(messages) == canonical_body(model, as_dicts, params)
+
+
+# --- text times a number: a CSV `price` of "1.50" is text, and `price * 2` is refused ------
+
+PRICE = ("price", "qty", "row")
+
+
+@pytest.mark.parametrize(
+    ("template", "row", "message"),
+    [
+        (
+            "Total: {{ price * 2 }}",
+            {"price": "1.50"},
+            "`price * 2`: `*` between text ('1.50') and a number (2); CSV and TSV columns "
+            "are text: write {{ price | float * 2 }}",
+        ),
+        (
+            "{{ 1.2 * price }}",
+            {"price": "1.50"},
+            "`1.2 * price`: `*` between a number (1.2) and text ('1.50'); CSV and TSV columns "
+            "are text: write {{ 1.2 * price | float }}",
+        ),
+        (
+            "{{ price * qty }}",
+            {"price": "1.50", "qty": "3"},
+            "`price * qty`: `*` between text ('1.50') and text ('3'); CSV and TSV columns "
+            "are text: write {{ price | float * qty | float }}",
+        ),
+        (
+            "{{ row.price | trim * qty }}",
+            {"row": {"price": " 1.5"}, "qty": 3},
+            "`row.price | trim * qty`: `*` between text ('1.5') and a number (3); CSV and "
+            "TSV columns are text: write {{ row.price | trim | float * qty }}",
+        ),
+        (
+            "{% set total = row['price'] * 2 %}{{ total }}",
+            {"row": {"price": "1.5"}},
+            "`row['price'] * 2`: `*` between text ('1.5') and a number (2)",
+        ),
+        (
+            "{{ (price ~ '0') * 2 }}",
+            {"price": "1.5"},
+            "`*` between text ('1.50') and a number (2); CSV and TSV columns are text: "
+            "convert the text first with `| float` or `| int`",
+        ),
+    ],
+)
+def test_text_times_a_number_is_a_template_error_that_shows_the_fix(
+    template: str, row: dict[str, Any], message: str
+) -> None:
+    import jinja2
+
+    with pytest.raises(jinja2.TemplateRuntimeError) as caught:
+        renderer(template, columns=PRICE).render(row)
+    assert message in str(caught.value)
+
+
+def test_a_long_text_operand_is_shortened_in_the_error() -> None:
+    import jinja2
+
+    with pytest.raises(jinja2.TemplateRuntimeError, match=r"text \('x{36}\.\.\.\) and"):
+        renderer("{{ price * 2 }}", columns=PRICE).render({"price": "x" * 100})
+
+
+@pytest.mark.parametrize(
+    ("template", "row", "text"),
+    [
+        ("{{ price | float * 2 }}", {"price": "1.50"}, "3.0"),
+        ("{{ (price | float) * 2 }}", {"price": "1.50"}, "3.0"),
+        ("{{ 2 * price | int }}", {"price": "4"}, "8"),
+        ("{{ price * qty }}", {"price": 1.5, "qty": 2}, "3.0"),  # Parquet numbers
+        ("{{ row * 2 }}", {"row": ["a"]}, "['a', 'a']"),  # only text is refused
+        ('{{ "-" * 3 }}{{ qty * "=" }}', {"qty": 2}, "---=="),  # text the template writes
+    ],
+)
+def test_numbers_multiply_and_template_text_repeats_as_before(
+    template: str, row: dict[str, Any], text: str
+) -> None:
+    request = renderer(template, columns=PRICE).render(row)
+    assert request is not None and request.body["messages"][-1]["content"] == text
+
+
+def test_only_multiplication_compiles_differently_from_plain_jinja() -> None:
+    """The check costs nothing on templates without `*`: Jinja compiles them as before."""
+    import jinja2
+
+    from pipeline.templating import TemplateEnvironment
+
+    plain, checked = jinja2.Environment(), TemplateEnvironment()
+    for source in [
+        "{{ a | upper }} {{ row.b }} {{ row['c'] }}{% for x in xs %}{{ x }}{% endfor %}",
+        "{{ a + b - c / d // e % f ** g }}{% if n > 3 %}{{ n ~ m }}{% endif %}",
+    ]:
+        assert checked.compile(source, raw=True) == plain.compile(source, raw=True)
+    assert "environment.multiply(" in checked.compile("{{ a * b }}", raw=True)
+
+
+def test_plain_templates_still_skip_jinja() -> None:
+    r = renderer("[{{ channel }}] {{ text }}", system="Be {{ channel }}.")
+    assert r._template._format is not None and r._system is not None
+    assert r._system._format is not None
