@@ -287,16 +287,20 @@ class Job:
             return Result(request.key, PENDING)
 
     async def _keep(self, result: Result) -> None:
-        """Store `result` now, but hold a request that failed while the endpoint may be down
-        (`Sending.unanswered`) until its chunk is finished (`_settle_held`): if the outage
-        stops the run, its rows are pending and nothing is stored."""
-        if result.status == PENDING:
+        """Store `result` now, unless it is held (`hold`)."""
+        if result.status == PENDING or self.hold(result):
             return
+        await self._writer.put(result)
+
+    def hold(self, result: Result) -> bool:
+        """Hold a request that failed while the endpoint may be down (`Sending.unanswered`)
+        until its chunk is finished (`_settle_held`): if the outage stops the run, its rows
+        are pending and nothing is stored. False: the caller stores `result` now."""
         key = result.key
         if result.status == FAILED and key in self.pool and self.sender.unanswered(key):
             self._held[key] = result  # a re-ask's key is never the pool's: stored now
-            return
-        await self._writer.put(result)
+            return True
+        return False
 
     def store_failed(self, exc: OutputError) -> None:
         """The store cannot take answers: stop sending, and end the run with the error."""

@@ -10,8 +10,11 @@ a second per worker, not once per request.
 
 An answer is committed to the store here before its worker hears so (the next poll's ack),
 and only then does the worker's slot take another request: a SIGKILL of the driver loses at
-most the requests in flight, as in one process. A worker that dies is restarted by Ray; the
-requests it held are looked up in the store again and sent anew only if still unanswered.
+most the requests in flight, as in one process. A failure that may be only the endpoint's
+(the worker says which) is held until its chunk is finished, as in one process
+(`Job.hold`): if the outage stops the run, its rows end pending. A worker that dies is
+restarted by Ray; the requests it held are looked up in the store again and sent anew only
+if still unanswered.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from .errors import OutputError, PipelineError
 from .raycluster import Cluster, import_ray, start
 from .rayworker import DONE, PUT, Drained
 from .records import PENDING, Request, Result
-from .sender import Counters, over_budget
+from .sender import CostCap, Counters
 from .summary import Summary
 from .triage import Work
 
@@ -51,19 +54,31 @@ class RaySender:
     """The driver's view of the workers' senders: what they spent, and why sending stopped."""
 
     def __init__(self, config: Config, price: Price | None, tell: Callable[[str], None]) -> None:
-        self._config = config
         self.price = price
         self.counters = Counters()
         self.stop_reason: str | None = None
         self.latencies: list[float] | None = None
         self.said: str | None = None  # what the ledger says sending waits for
         self._tell = tell
+        self._cap = CostCap(config.run.max_cost_usd)
+        self._unanswered: dict[int, frozenset[str]] = {}  # by worker, from its last drain
+        self._down = False  # a worker's breaker gave up on the endpoint
 
     def waiting(self) -> str | None:
         return self.said
 
     def unanswered(self, key: str) -> bool:
-        return False  # each worker's breaker sees only its share: a row that gave up failed
+        """`Sender.unanswered` over the workers: request `key` gave up on an outage and its
+        worker's endpoint answered nothing since (each worker's breaker sees only its share),
+        and the run stopped for no other reason than a worker's breaker giving up."""
+        if self.stop_reason is not None and not self._down:
+            return False
+        return any(key in keys for keys in self._unanswered.values())
+
+    def heard(self, worker: int, drained: Drained) -> None:
+        """What a worker's breaker says, before its results are stored (`Job.hold`)."""
+        self._unanswered[worker] = drained.unanswered
+        self._down = self._down or drained.down
 
     def stop(self, reason: str) -> None:
         """Stop sending on every worker."""
@@ -73,15 +88,21 @@ class RaySender:
             self._tell(reason)
 
     def add(self, spent: Counters) -> None:
-        """A worker's spending since its last poll; the run's budget is checked here."""
+        """A worker's spending since its last poll; the run's budget is checked here, over
+        every worker's spending: past it, the reason says the total the requests in flight
+        brought it to, as `Sender` does."""
         counters = self.counters
         counters.requests_sent += spent.requests_sent
         counters.retries += spent.retries
         counters.prompt_tokens += spent.prompt_tokens
         counters.completion_tokens += spent.completion_tokens
         counters.cost_usd += spent.cost_usd
-        if self.price is not None and (reason := over_budget(counters, self._config)):
+        if self.price is None:
+            return
+        reason = self._cap.check(counters.cost_usd, self.stop_reason)
+        if self.stop_reason is None and reason is not None:
             self.stop(reason)
+        self.stop_reason = reason
 
     async def send(self, request: Request) -> Result:
         raise RuntimeError("under the Ray engine, the workers send")
@@ -258,7 +279,9 @@ class RayPool:
         (None: the store failed, and the run stops)."""
         self.calls["polls"] += 1
         self.calls["events"] += len(drained.events)
-        puts = [result for _, kind, result in drained.events if kind != DONE]
+        self._sender.heard(slot.index, drained)
+        hold = self._job.hold  # a failure that may be only the endpoint's waits for its chunk
+        puts = [result for _, kind, result in drained.events if kind != DONE and not hold(result)]
         if puts:
             try:
                 self._job.store.put_many(puts)

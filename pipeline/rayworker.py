@@ -5,7 +5,10 @@ re-ask policy) in another process: its limiter is a `budget.LeasedLimiter` that 
 times from the run's one `budget.Ledger`, and its store is the driver's. Each answer to keep is
 an event the driver takes with its next `drain`, and the request's slot stays taken until the
 driver says (with the drain after) that the answer is committed: a worker never holds more
-unstored answers than its requests in flight. Plain Python: `rayengine` wraps it in
+unstored answers than its requests in flight. Each drain also says which of its requests gave
+up while the endpoint may be down (`Sender.gave_up_in_outage`, as this worker's breaker saw
+it), and whether its breaker gave up on the endpoint: the driver ends such rows pending when
+the outage stops the run, as the local engine does. Plain Python: `rayengine` wraps it in
 `ray.remote`, and tests can drive it without Ray.
 """
 
@@ -23,7 +26,7 @@ from .config import Config
 from .dispatch import Dispatcher
 from .parse import Parser
 from .reask import Reasker
-from .records import PENDING, Result
+from .records import FAILED, PENDING, Result
 from .sender import Counters, Sender
 from .triage import Work
 
@@ -41,6 +44,8 @@ class Drained:
     events: list[tuple[int, str, Result]] = field(default_factory=list)  # (seq, kind, result)
     counters: Counters = field(default_factory=Counters)
     stop_reason: str | None = None
+    unanswered: frozenset[str] = frozenset()  # gave up on an outage, no answer since
+    down: bool = False  # this worker's breaker gave up on the endpoint
 
 
 class Worker:
@@ -64,6 +69,7 @@ class Worker:
         self._seq = 0
         self._final: set[str] = set()  # keys whose FINAL event was emitted: no DONE after
         self._told = Counters()  # spending already handed to the driver
+        self._gave_up: set[str] = set()  # failed keys that may have failed on an outage only
         self._news: asyncio.Event | None = None
 
     async def take(self, works: list[Work]) -> None:
@@ -97,7 +103,12 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(news.wait(), (gathered or end) - now)
         events, self._events = self._events, []
-        return Drained(events, self._spent(), self.sender.stop_reason if self.sender else None)
+        if self.sender is None:
+            return Drained(events)
+        sender = self.sender
+        return Drained(
+            events, self._spent(), sender.stop_reason, self._unanswered(), sender.breaker.down
+        )
 
     def stop(self, reason: str) -> None:
         """The run stops sending: what is queued or waiting ends pending."""
@@ -151,6 +162,9 @@ class Worker:
 
     async def _keep(self, result: Result, kind: str = PUT) -> None:
         """Hand `result` to the driver to store; return once it is stored."""
+        assert self.sender is not None
+        if result.status == FAILED and self.sender.gave_up_in_outage(result.key):
+            self._gave_up.add(result.key)
         future = asyncio.get_running_loop().create_future()
         self._acks[self._emit(kind, result)] = future
         await future
@@ -167,6 +181,15 @@ class Worker:
         if self._news is not None:
             self._news.set()
         return self._seq
+
+    def _unanswered(self) -> frozenset[str]:
+        """The requests that gave up on an outage since this worker's endpoint last answered
+        (not `Sender.unanswered`: once another worker's breaker stops the run, that says no
+        for every request of this one)."""
+        sender = self.sender
+        assert sender is not None
+        self._gave_up = {key for key in self._gave_up if sender.gave_up_in_outage(key)}
+        return frozenset(self._gave_up)
 
     def _spent(self) -> Counters:
         """Spending since the last drain."""

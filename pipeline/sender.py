@@ -71,11 +71,6 @@ class CostCap:
         return self.reason
 
 
-def over_budget(counters: Counters, config: Config) -> str | None:
-    """Why sending stops when the spend reached `run.max_cost_usd`; None: within it."""
-    return CostCap(config.run.max_cost_usd).check(counters.cost_usd, None)
-
-
 class _Stopped(Exception):
     """Raised inside a retry loop when the run stopped sending."""
 
@@ -137,6 +132,12 @@ class Sender:
         """
         if self.stop_reason is not None and not self.breaker.down:
             return False
+        return self.gave_up_in_outage(key)
+
+    def gave_up_in_outage(self, key: str) -> bool:
+        """Whether request `key` gave up on an outage failure after the endpoint's last
+        answer, and the endpoint answered nothing since, whatever stopped the run: a Ray
+        worker's run may stop on another worker's breaker (`rayworker`)."""
         return self._gave_up.get(key) == self.breaker.answers
 
     async def send(self, request: Request) -> Result:
