@@ -25,7 +25,8 @@ by the run) beside the local engine, told the server's limit (3,000 RPM, 10 s sl
 engine (~80 s) where 20,000 are specified (--s6-rows 20000: ~7 minutes each). S7 the same
 two engines at zero latency and no limit: rows/s, CPU per 1k rows of the client and every
 process it starts, and Ray's fixed start-up cost (ray_start_s, wall less the server's span,
-CPU from a quarter-size run), then both again with the client and its processes free to use
+CPU from a quarter-size run) and what one Ray actor call costs here (scripts/bench_raycall.py:
+the floor under each exchange of a Ray worker with the driver), then both again with the client and its processes free to use
 both CPUs (the mock keeps CPU 1): the issue asks that on this 2-core machine Ray not lose
 throughput, checked on the steady rate (rows / server span). S8 a real gateway: the LiteLLM
 proxy (installed once into .bench/litellm-VERSION/, a per-key limit set by a custom_auth
@@ -93,6 +94,8 @@ S8_RPM, S8_TPM, S8_CONCURRENCY, S8_WINDOW_S = 600, 9_000, 32, 60
 SCENARIOS = ("S1", "S2", "S3", "S4a", "S4b", "S4c", "S5", "S6", "S7", "S8")
 S4C_WINDOW_S = 60  # S4c: the server's sliding window; the share is counted after two of them
 RAY_WORKERS = 4  # S6, S7: `run.engine: ray` with this many worker actors on a local Ray
+S7_CONCURRENCY = 64  # S7: run.concurrency of both engines (16 a worker under Ray)
+RAY_CALLS = 2_000  # S7: Ray actor calls timed one after another for the call's floor
 ENGINES = ("local", "ray")
 S6_SPEC_ROWS = 20_000  # S6 as specified: ~6.7 minutes per engine at RPM; --s6-rows 20000
 S6_SKIP_S = 10  # S6: the share of the limit is counted after this long (steady part)
@@ -1647,6 +1650,7 @@ class Bench:
             bad == 0,
         )
         self._s7_target("S7", lines, f"the client on CPU {CLIENT_CPU}")
+        self._s7_call_floor(lines["local"])
         self.log(
             "S7 both CPUs: the same two engines, the client and every process it starts free "
             "to run on either CPU (the mock still pinned to CPU 1)"
@@ -1656,6 +1660,41 @@ class Bench:
             for engine in ENGINES
         }
         self._s7_target("S7 both CPUs", free, "the client on both CPUs")
+
+    def _s7_call_floor(self, local: Line) -> None:
+        """What one Ray actor call costs here (scripts/bench_raycall.py, pinned as the
+        client is), beside the local engine's whole CPU per row: a Ray worker hands the
+        driver at most its share of `run.concurrency` answers per call (16 at S7's 64 over
+        4 workers), since a slot is freed only once the driver has stored its answer."""
+        share = S7_CONCURRENCY // RAY_WORKERS
+        cmd = [PY, str(ROOT / "scripts" / "bench_raycall.py"), str(RAY_CALLS), str(share)]
+        child = run_child(cmd, self.dir / "s7_ray_call", cli_timeout(RAY_CALLS, 0.05), tree=True)
+        found = json.loads(child.stdout.strip().splitlines()[-1]) if child.rc == 0 else None
+        if found is None:
+            self.target(
+                "S7", "Ray call floor measured", last_line(self.dir / "s7_ray_call.err"), False
+            )
+            return
+        per_call = found["cpu_ms_per_call"]
+        line = Line(
+            "S7 Ray call",
+            f"one Ray actor call carrying {share} answers",
+            found["calls"],
+            rows_s=found["calls"] / found["wall_s"],
+            cpu_1k=per_call,  # CPU-s per 1,000 calls: CPU-ms per call
+            notes=[
+                f"{per_call:.2f} CPU-ms per call, {per_call / share:.3f} per answer at {share} "
+                f"a call; Ray idle {found['idle_cpu_per_s']:.3f} CPU-s/s",
+                "rows here are calls, CPU-s/1k rows is CPU-ms per call",
+            ],
+        )
+        marginal = local.extra.get("marginal_cpu_1k")
+        if marginal:
+            line.notes.append(
+                f"per answer {per_call / share / marginal:.2f}x the local engine's whole "
+                f"marginal CPU per row ({marginal:.3f} CPU-ms), before any HTTP"
+            )
+        self.add(line)
 
     def _s7_engine(
         self,
@@ -1676,6 +1715,7 @@ class Bench:
         span = float(stats.get("span_s") or 0.0)
         if span:
             notes.append(f"steady {rows / span:,.0f} rows/s (rows / server span)")
+        extra: dict[str, float] = {}
         if small_source is not None:
             small_name = f"{name}_small"
             small, _, _ = self._median(
@@ -1683,6 +1723,8 @@ class Bench:
             )
             if small.rc == 0 and child.rc == 0:
                 notes.append(split_note(child, small, rows, small_rows))
+                marginal = 1000 * (child.cpu_s - small.cpu_s) / (rows - small_rows)
+                extra["marginal_cpu_1k"] = marginal
         line = engine_line(
             scenario,
             engine,
@@ -1695,6 +1737,7 @@ class Bench:
             notes=notes,
         )
         line.extra["steady_rows_s"] = rows / span if span and child.rc == 0 else None
+        line.extra.update(extra)
         return self.add(line)
 
     def _s7_target(self, scenario: str, lines: Mapping[str, Line], where: str) -> None:
@@ -1715,7 +1758,7 @@ class Bench:
         self, engine: str, name: str, source: Path, rows: int, pinned: bool = True
     ) -> tuple[Child, dict[str, Any]]:
         with mock_server(self.dir, name) as mock:
-            config = write_config(self.dir, name, source, mock.base_url)
+            config = write_config(self.dir, name, source, mock.base_url, concurrency=S7_CONCURRENCY)
             child = run_cli(
                 config,
                 self.dir / f"{name}_cli",
