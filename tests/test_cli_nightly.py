@@ -14,7 +14,7 @@ from typing import Any
 
 import polars as pl
 import pytest
-from e2e import ROOT, run_cli, write_config
+from e2e import ROOT, Ran, run_cli, write_config
 from fake_server import FakeServer, echo
 
 from pipeline.lock import Lock
@@ -98,6 +98,12 @@ def test_the_budget_stop_says_the_spend_then_and_the_total_the_requests_in_fligh
         )
         ran = run_cli("run", str(config))
         assert server.count == 2
+    assert_budget_stop(ran, "cost $0.0060")
+
+
+def assert_budget_stop(ran: Ran, end_of_run: str) -> None:
+    """Two requests of $0.003 each in flight past a $0.002 budget: the stop says the spend
+    then and the total they brought; the third row pending; the run's last line ends so."""
     assert ran.code == 3, ran.stderr
     reached = "spent $0.0030 when the budget run.max_cost_usd ($0.002) was reached"
     assert f"stopping: {reached}; rerun with a higher budget to continue" in ran.stderr
@@ -111,7 +117,7 @@ def test_the_budget_stop_says_the_spend_then_and_the_total_the_requests_in_fligh
     assert summary["cost_usd"] == pytest.approx(0.006)
     assert (summary["answered"], summary["pending"]) == (2, 1)
     end = next(line for line in ran.stderr.splitlines() if "end of run" in line)
-    assert end.endswith("cost $0.0060")
+    assert end.endswith(end_of_run)
 
 
 def test_validate_and_preview_only_read_so_a_held_store_does_not_stop_them(
