@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from .catalog import Price
 from .config import Config
 from .errors import OutputError, PipelineError
-from .raycluster import Cluster, import_ray, start
+from .raycluster import Cluster, answer, import_ray, start
 from .rayworker import DONE, PUT, Drained
 from .records import PENDING, Request, Result
 from .sender import CostCap, Counters
@@ -137,6 +137,7 @@ class RayPool:
         self._room = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pumps: list[asyncio.Task[None]] = []
+        self._listener: asyncio.Task[None] | None = None
         self._flushing = False
         self._closing = False
         self.calls = {"polls": 0, "events": 0, "batches": 0, "handed": 0}  # for `-v`
@@ -158,7 +159,7 @@ class RayPool:
         ]
         self._cap = sum(cluster.shares) * (QUEUED_PER_SLOT + 1)
         self._pumps = [asyncio.create_task(self._pump(slot)) for slot in self._slots]
-        self._pumps.append(asyncio.create_task(self._listen()))
+        self._listener = asyncio.create_task(self._listen())
 
     def tell(self, reason: str) -> None:
         """Tell every worker to stop sending."""
@@ -186,22 +187,40 @@ class RayPool:
         return self._futures[key]
 
     async def close(self) -> None:
-        """Stop polling, take each worker's last answers, end what is left pending."""
+        """Close the workers and take their last answers and spending, end what is left
+        pending.
+
+        A poll in flight is taken, not abandoned: the worker handed it answers to store and
+        the spending since its last poll (requests cut off in flight among it), which no
+        later call hands over again.
+        """
         self._closing = True
-        for task in self._pumps:
+        if self._listener is not None:
+            self._listener.cancel()
+        loop = asyncio.get_running_loop()
+        end = loop.time() + CLOSE_S
+
+        async def close(slot: _Slot) -> Drained:
+            drained: Drained = await answer(slot.actor.close.remote())
+            return drained
+
+        closing = {slot: asyncio.ensure_future(close(slot)) for slot in self._slots if slot.alive}
+        if self._pumps:  # each ends with its poll in flight, which the close answers at once
+            await asyncio.wait(self._pumps, timeout=CLOSE_S)
+        for task in [*self._pumps, *self._tasks]:
             task.cancel()
-        await asyncio.gather(*self._pumps, return_exceptions=True)
-        for slot in self._slots:
-            if slot.alive:
-                try:
-                    last = await asyncio.wait_for(slot.actor.close.remote(), CLOSE_S)
-                except Exception as exc:  # lost or slow: what it held stays unanswered
-                    log.warning("Ray worker %d did not close: %s", slot.index, exc)
-                else:
-                    self._take(slot, last)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._pumps, *self._tasks, return_exceptions=True)
+        if closing:
+            await asyncio.wait(closing.values(), timeout=max(0.0, end - loop.time()))
+        for slot, closed in closing.items():
+            if closed.done() and closed.exception() is None:
+                self._take(slot, closed.result())
+            else:  # lost or slow: what it held stays unanswered
+                exc = closed.exception() if closed.done() else "no answer"
+                log.warning("Ray worker %d did not close: %s", slot.index, exc)
+                closed.cancel()
+        if self._listener is not None:
+            await asyncio.gather(self._listener, return_exceptions=True)
         for key in list(self._futures):
             self._settle(Result(key, PENDING))
         log.debug("Ray pool: %s", ", ".join(f"{n} {name}" for name, n in self.calls.items()))
@@ -214,6 +233,8 @@ class RayPool:
     def _flush(self) -> None:
         """Hand queued requests to the workers with the most room, a batch per worker."""
         self._flushing = False
+        if self._closing:
+            return  # the workers are closing: what is queued ends pending
         live = [slot for slot in self._slots if slot.alive]
         batches: dict[_Slot, list[Work]] = {}
         idle = {slot for slot in live if not slot.held}  # no poll of theirs will come back soon
@@ -238,7 +259,7 @@ class RayPool:
 
         async def wait() -> None:
             try:
-                await ref
+                await answer(ref)
             except Exception as exc:
                 if slot is not None and works:
                     lost = [w for w in works if slot.held.pop(w[0].key, None) is not None]
@@ -252,11 +273,13 @@ class RayPool:
         """Poll one worker for its answers, store them, and ack them with the next poll."""
         errors = self._ray.exceptions.RayError
         acked, lost_since = 0, None
-        while True:
+        while not self._closing:
             works, slot.outbox = slot.outbox, []
             try:
-                drained = await slot.actor.drain.remote(acked, POLL_S, works)
+                drained = await answer(slot.actor.drain.remote(acked, POLL_S, works))
             except errors as exc:
+                if self._closing:
+                    return
                 acked = 0  # a restarted worker counts from the start
                 lost = list(slot.held.values())
                 slot.held.clear()
@@ -341,7 +364,7 @@ class RayPool:
         """What the budget waits for, for the progress display, once a second."""
         while True:
             with contextlib.suppress(PipelineError, self._ray.exceptions.RayError):
-                self._sender.said = await self._ledger.waiting.remote()
+                self._sender.said = await answer(self._ledger.waiting.remote())
             await asyncio.sleep(1.0)
 
 
@@ -372,8 +395,8 @@ class RayEngine:
         return stats
 
     async def __aenter__(self) -> RayEngine:
-        self.cluster = start(self._config, self._api_key, self._price)
-        self._summary.engine = "ray"
+        self._summary.engine = "ray"  # also when the start fails, or a signal stops it
+        self.cluster = await start(self._config, self._api_key, self._price)
         self._summary.workers = len(self.cluster.workers)
         self._summary.ray_start_s = round(self.cluster.seconds, 2)
         return self

@@ -71,6 +71,7 @@ class Worker:
         self._told = Counters()  # spending already handed to the driver
         self._gave_up: set[str] = set()  # failed keys that may have failed on an outage only
         self._news: asyncio.Event | None = None
+        self._closed = False
 
     async def take(self, works: list[Work]) -> None:
         """Queue `works` for sending (the driver keeps the queue short)."""
@@ -91,7 +92,7 @@ class Worker:
         news = self._news = self._news or asyncio.Event()
         loop = asyncio.get_running_loop()
         end, gathered = loop.time() + wait_s, 0.0
-        while wait_s > 0:
+        while wait_s > 0 and not self._closed:
             now = loop.time()
             if self._events:
                 gathered = gathered or now + GATHER_S
@@ -116,7 +117,11 @@ class Worker:
             self.sender.stop(reason)
 
     async def close(self) -> Drained:
-        """Stop the workers and the client; the last events (pending results among them)."""
+        """Stop the workers and the client; the last events (pending results among them).
+        A poll waiting for news is answered at once, with what it has."""
+        self._closed = True
+        if self._news is not None:
+            self._news.set()
         if self._pool is not None:
             await self._pool.close()
         if self._limiter is not None:

@@ -26,7 +26,8 @@ class RayConfig(_Strict):
         default=4,
         ge=1,
         le=1024,
-        description="worker actors that send the requests; run.concurrency is split among them",
+        description="worker actors that send the requests; run.concurrency is split among them, "
+        "at least one request each, so at most run.concurrency workers start",
     )
 
 

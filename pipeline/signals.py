@@ -3,10 +3,11 @@
 During a run (`stoppable`), the first signal cancels the run's task with the signal's name
 as the cancellation's message; the runner reads it back (`stop_for`), counts what the store
 kept and records its summary, and the command exits 130 or 143. The signals' default
-actions are back in place at once, so a second signal ends the process without waiting:
-the store survives that as it survives kill -9. Outside a run, SIGTERM raises like Ctrl-C
-does (`terminate_like_ctrl_c`), and `exit_code` tells the two apart. `keeping_sigterm` keeps
-a library from taking SIGTERM over (ray.init makes it exit the process at once).
+actions are back in place at once, so a second signal ends the process without waiting
+(also one that came before the loop acted on the first): the store survives that as it
+survives kill -9. Outside a run, SIGTERM raises like Ctrl-C does (`terminate_like_ctrl_c`),
+and `exit_code` tells the two apart. A signal is acted on only while the loop runs: what
+may block for long (starting Ray) runs in a thread.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import threading
 from collections.abc import Coroutine, Iterator
@@ -82,17 +84,6 @@ def terminate_like_ctrl_c() -> Iterator[None]:
             signal.signal(signal.SIGTERM, previous)
 
 
-@contextlib.contextmanager
-def keeping_sigterm() -> Iterator[None]:
-    """SIGTERM's handler as it was before, whatever a library sets inside."""
-    previous = signal.getsignal(signal.SIGTERM) if _in_main_thread() else None
-    try:
-        yield
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
 async def stoppable(main: Coroutine[Any, Any, T]) -> T:
     """Await `main` in this task, which the first SIGINT or SIGTERM cancels gracefully.
 
@@ -108,6 +99,10 @@ async def stoppable(main: Coroutine[Any, Any, T]) -> T:
     received: list[Stop] = []
 
     def on_signal(sig: signal.Signals) -> None:
+        if received:  # a second signal, come before the loop acted on the first
+            signal.signal(sig, signal.SIG_DFL)
+            os.kill(os.getpid(), sig)  # ends the process at once, as the first one said
+            return
         for each in STOPS:
             loop.remove_signal_handler(each)
             signal.signal(each, signal.SIG_DFL)  # a second signal ends the process at once

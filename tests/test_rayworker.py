@@ -117,3 +117,32 @@ def test_stop_ends_what_is_queued_pending(tmp_path: Path) -> None:
             await w.close()
 
     asyncio.run(scenario())
+
+
+def test_close_answers_a_waiting_poll_at_once_and_the_two_hand_over_every_request(
+    tmp_path: Path,
+) -> None:
+    """The driver takes both the poll in flight at the stop and what close hands back:
+    between them, every request the worker sent is counted once, those cut off included."""
+
+    async def scenario() -> None:
+        with FakeServer(latency=5) as server:
+            w = worker(tmp_path, server, share=2)
+            await w.take([work(t) for t in "abc"])
+            for _ in range(200):  # two requests in flight, held by the server
+                if server.count == 2:
+                    break
+                await asyncio.sleep(0.01)
+            waiting = asyncio.ensure_future(w.drain(0, 30))  # a long poll, in flight
+            await asyncio.sleep(0.05)
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            last = await w.close()
+            polled = await asyncio.wait_for(waiting, 5)
+            assert loop.time() - began < 3  # not the poll's 30 s, nor the server's 5
+            polls = [polled, last]
+            assert sum(p.counters.requests_sent for p in polls) == server.count == 2
+            results = {r.key: r.status for p in polls for _, _, r in p.events}
+            assert results == {"key-a": PENDING, "key-b": PENDING}  # c was never sent
+
+    asyncio.run(scenario())
