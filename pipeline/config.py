@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from .locations import OxenConfig, _oxen_local, _s3_local, _storage_needs_url
+from .locations import OxenConfig, _oxen_local, _s3_local, _storage_needs_url, overwrites_input
 from .locations import StorageOptions as StorageOptions  # re-exported
 from .runconfig import RunConfig
 from .strict import _Strict, env_name, not_blank
@@ -368,6 +368,19 @@ class Config(_Strict):
         default_factory=OxenConfig,
         description="where oxen:// paths live: the hub and its key",
     )
+
+    @field_validator("output")
+    @classmethod
+    def _not_the_input(cls, value: OutputConfig, info: ValidationInfo) -> OutputConfig:
+        """An oxen:// or s3:// output.path that is the input itself is refused at load, before
+        anything is sent (a local one: checks.check_output, once paths are resolved)."""
+        source = info.data.get("input")
+        if isinstance(source, InputConfig):
+            endpoint = source.storage_options.endpoint_url == value.storage_options.endpoint_url
+            problem = overwrites_input(source.repo, value.repo, source.url, value.url, endpoint)
+            if problem is not None:
+                raise ValueError(problem)
+        return value
 
     @property
     def store_path(self) -> Path:

@@ -3,10 +3,13 @@ the oxen section (`OxenConfig`)."""
 
 from __future__ import annotations
 
+import fnmatch
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from .errors import ConfigError
+from .oxenaddress import OxenAddress
 from .strict import _Strict, env_name
 
 OXEN_PREFIX = "oxen://"
@@ -14,14 +17,31 @@ LOCAL_OXEN = ".pipeline-oxen"  # beside the config: fetched inputs, outputs befo
 
 
 def _oxen_local(data: Any, side: str) -> Any:
-    """An `oxen://NS:REPO@REV/PATH` path: kept as `repo`, and `path` becomes the local file
-    that stands for it (under LOCAL_OXEN beside the config: the input's cache, or the output
-    written there before its commit)."""
+    """An `oxen://NS:REPO@REV/PATH` path: checked, kept as `repo`, and `path` becomes the
+    local file that stands for it (under LOCAL_OXEN beside the config: the input's cache, or
+    the output written there before its commit)."""
     if isinstance(data, dict) and str(data.get("path", "")).startswith(OXEN_PREFIX):
         address = str(data["path"])
+        _parse_oxen(address, side)
         where = address[len(OXEN_PREFIX) :].replace(":", "/").replace("@", "/")
         data = {**data, "repo": address, "path": f"{LOCAL_OXEN}/{side}/{where}"}
     return data
+
+
+def _parse_oxen(address: str, side: str) -> OxenAddress:
+    """The address, or a ValueError naming the key (the config's validators add its line)."""
+    try:
+        return OxenAddress.parse(address)
+    except ConfigError:
+        key = "output.path" if side == "out" else "input.path"
+        revision = "BRANCH" if side == "out" else "REVISION"
+        what = "a branch (made when missing)" if side == "out" else "a branch or a commit id"
+        raise ValueError(
+            f"{key}: {address!r} is not an Oxen address: expected oxen:// followed by "
+            f"NAMESPACE:REPO@{revision}/PATH, {revision} {what} and PATH a file in the "
+            "repository (oxen://ox:my-repo@main/data.csv for data.csv on branch main of "
+            "ox/my-repo)"
+        ) from None
 
 
 S3_PREFIX = "s3://"
@@ -38,6 +58,50 @@ def _s3_local(data: Any, side: str) -> Any:
         url = S3Url.parse(str(data["path"]), side)
         data = {**data, "url": str(url), "path": f"{LOCAL_S3}/{side}/{url.bucket}/{url.key}"}
     return data
+
+
+def overwrites_input(
+    input_repo: str | None,
+    output_repo: str | None,
+    input_url: str | None,
+    output_url: str | None,
+    same_endpoint: bool,
+) -> str | None:
+    """Why output.path would replace the input itself: the same file on the same branch of
+    one Oxen repository, or the same S3 object (or one the input's glob reads) at the same
+    endpoint; None when it would not. A local output that is the input file is refused by
+    checks.check_output."""
+    if input_repo is not None and output_repo is not None:
+        source, target = OxenAddress.parse(input_repo), OxenAddress.parse(output_repo)
+        if source == target:
+            return (
+                f"output.path and input.path name the same file, {target.path} on branch "
+                f"{target.revision} of the Oxen repository {target.namespace}/{target.repo}: "
+                "the run would commit its output over its own input, and every later run would "
+                "read the output as its input; set output.path to another file or branch"
+            )
+    if input_url is not None and output_url is not None and same_endpoint:
+        from .objectstore import S3Url
+
+        read, written = S3Url.parse(input_url, "in"), S3Url.parse(output_url, "out")
+        if read.bucket != written.bucket:
+            return None
+        if read.key == written.key:
+            return (
+                f"output.path and input.path name the same object, {written}: the upload "
+                "would replace the run's own input; set output.path to another key"
+            )
+        if (
+            read.is_glob
+            and read.directory == written.directory
+            and fnmatch.fnmatchcase(written.name, read.name)
+        ):
+            return (
+                f"output.path {written} matches input.path's glob {read}: every later run "
+                "would read the output as a part of its input; set output.path to a key the "
+                "glob does not match"
+            )
+    return None
 
 
 class StorageOptions(_Strict):

@@ -124,6 +124,16 @@ class OxenHub:
 
     # -- writing -------------------------------------------------------------------------
 
+    def check_branch(self, address: OxenAddress) -> None:
+        """Before anything is sent: the output's repository is there and `address.revision`
+        is a branch, or a name for one to make, not a commit id."""
+        missing = "; create it first, or correct output.path"
+        repository = self._repository(address, OutputError, missing)
+        if self._head(address, address.revision, OutputError) is not None:
+            return
+        if repository.get("is_empty") is not True and self._is_commit(address):
+            raise OutputError(_not_a_branch(address))
+
     def ensure_branch(self, address: OxenAddress) -> None:
         """Create the branch `address.revision` from the repository's default branch, unless
         it exists (or the repository is empty: its first commit creates the branch)."""
@@ -132,13 +142,8 @@ class OxenHub:
         repository = self._repository(address, OutputError)
         if repository.get("is_empty") is True:
             return
-        commit = self._api.read(
-            address, OutputError, "GET", f"/commits/{path_segment(address.revision)}"
-        )
-        if commit.status_code == 200:
-            raise OutputError(
-                f"{address}: {address.revision!r} is a commit; the output must name a branch"
-            )
+        if self._is_commit(address):
+            raise OutputError(_not_a_branch(address))
         source = _default_branch(repository)
         body = {"new_name": address.revision, "from_name": source}
         log.info("%s: creating branch %r from %r", address, address.revision, source)
@@ -218,12 +223,14 @@ class OxenHub:
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _repository(self, address: OxenAddress, error: ErrorType) -> dict[str, Any]:
+    def _repository(
+        self, address: OxenAddress, error: ErrorType, advice: str = ""
+    ) -> dict[str, Any]:
         response = self._api.read(address, error, "GET", "")
         if response.status_code == 404:
             raise error(
                 f"{address}: repository {address.namespace}/{address.repo} not found on "
-                f"{self._api.host} (or the key in ${self._api.key_env} cannot see it)"
+                f"{self._api.host} (or the key in ${self._api.key_env} cannot see it){advice}"
             )
         self._api.check(response, address, error, "looking up the repository")
         repository = self._api.body(response, address, error).get("repository")
@@ -236,6 +243,13 @@ class OxenHub:
             return None
         self._api.check(response, address, error, f"looking up branch {branch!r}")
         return self._api.value(response, address, error, "branch", "commit_id")
+
+    def _is_commit(self, address: OxenAddress) -> bool:
+        """Whether `address.revision` is the id of a commit in the repository."""
+        response = self._api.read(
+            address, OutputError, "GET", f"/commits/{path_segment(address.revision)}"
+        )
+        return response.status_code == 200
 
     def _bytes_at(self, address: OxenAddress, revision: str, error: ErrorType) -> bytes | None:
         response = self._api.read(
@@ -257,6 +271,14 @@ class OxenHub:
             if found is None or hashlib.sha256(found).hexdigest() != digest:
                 return False
         return True
+
+
+def _not_a_branch(address: OxenAddress) -> str:
+    return (
+        f"{address}: {address.revision!r} is a commit; the output must name a branch: put a "
+        "branch name after the @ in output.path (one that does not exist yet is made from the "
+        "default branch)"
+    )
 
 
 def _digest(path: Path) -> str:

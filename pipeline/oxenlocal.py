@@ -14,8 +14,10 @@ summary: they are caught at the file descriptor and logged at debug level instea
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -28,6 +30,15 @@ log = logging.getLogger(__name__)
 
 USER_CONFIG = "user_config.toml"  # oxen's [user] name and email, in its config folder
 INSTALL = "pip install 'pipeline[oxen]' (Oxen's Python package, oxenai)"
+STATUS_TIMEOUT_S = 120  # the child process that reads the staged files before a run
+_STAGED = """\
+import json, sys
+import oxen
+status = oxen.Repo(sys.argv[1]).status()
+staged = [*status.added_files(), *status.modified_files(), *status.removed_files()]
+print()
+print(json.dumps(staged))
+"""
 
 
 def oxen_module() -> Any:
@@ -99,16 +110,61 @@ def _oxen(doing: str) -> Iterator[None]:
         try:
             yield
         except (ValueError, OSError) as exc:
-            said = " ".join(str(exc).split())
-            if "oxen not configured" in said:
-                raise OutputError(_no_user(None)) from exc
-            if "LOCK" in said and "temporarily unavailable" in said:
-                raise OutputError(
-                    f"cannot {doing}: another process has the Oxen repository open (oxen "
-                    "keeps it locked until that process ends: a Python session that used "
-                    "oxen, an oxen command, another run); end it and run again"
-                ) from exc
-            raise OutputError(f"cannot {doing}: {said}") from exc
+            raise _translated(doing, str(exc)) from exc
+
+
+def _translated(doing: str, said: str) -> OutputError:
+    """What oxen said when `doing` failed, as an OutputError saying what to do."""
+    said = " ".join(said.split())
+    if "oxen not configured" in said:
+        return OutputError(_no_user(None))
+    if "LOCK" in said and "temporarily unavailable" in said:
+        return OutputError(
+            f"cannot {doing}: another process has the Oxen repository open (oxen "
+            "keeps it locked until that process ends: a Python session that used "
+            "oxen, an oxen command, another run); end it and run again"
+        )
+    return OutputError(f"cannot {doing}: {said}")
+
+
+def staged_elsewhere(root: Path, ours: list[Path]) -> list[str]:
+    """The files staged in the repository at `root`, other than `ours`, read by a child
+    process: oxen keeps a repository locked from every other process for as long as the
+    process that opened it lives, so this one opens it only to commit, after the run."""
+    oxen_module()  # a missing install is said here, not as the child's traceback
+    doing = f"read the status of the Oxen repository {root} (output.commit)"
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _STAGED, str(root)],
+            capture_output=True,
+            text=True,
+            timeout=STATUS_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise OutputError(
+            f"cannot {doing}: no answer in {STATUS_TIMEOUT_S} s; run `oxen status` there to see why"
+        ) from None
+    except OSError as exc:
+        raise OutputError(f"cannot {doing}: {exc.strerror or exc}") from None
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        raise _translated(doing, lines[-1] if lines else f"exit status {done.returncode}")
+    try:
+        staged = json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise OutputError(f"cannot {doing}: oxen gave no list of staged files") from None
+    mine = {path.resolve().relative_to(root.resolve()).as_posix() for path in ours}
+    return [str(name) for name in staged if Path(name).as_posix() not in mine]
+
+
+def staged_refusal(root: Path, others: list[str]) -> OutputError:
+    """The error for staged changes that are not the output's."""
+    return OutputError(
+        f"output.commit: the Oxen repository {root} has staged changes "
+        f"({', '.join(others[:5])}), which the output's commit would take along: "
+        "commit or unstage them first"
+    )
 
 
 def write_file(path: Path, data: bytes) -> None:
@@ -191,11 +247,7 @@ class LocalRepo:
         ours = {self.relative(path) for path in files}
         others = [name for name in self.staged() if name not in ours]
         if others:
-            raise OutputError(
-                f"output.commit: the Oxen repository {self.root} has staged changes "
-                f"({', '.join(others[:5])}), which the output's commit would take along: "
-                "commit or unstage them first"
-            )
+            raise staged_refusal(self.root, others)
         if branch is None or branch == current:
             yield current
             return

@@ -65,11 +65,19 @@ def masked(text: str) -> str:
     `ghp_`, ...), or 20 or more letters, digits, - and _ holding a letter, a digit and a
     part longer than 10 between the - and _ (a model name like claude-3-5-sonnet-20241022
     is kept)."""
-    text = _ANY_USERINFO.sub(lambda m: f"{m['scheme']}{_shown(m['userinfo'])}@", text)
+    text = _ANY_USERINFO.sub(_userinfo_hidden, text)
     text = _PREFIXED.sub(HIDDEN, text)
     text = _RUN.sub(lambda m: HIDDEN if _token_like(m[0]) else m[0], text)
     text = _SCHEME.sub(lambda m: f"{m['scheme']} {HIDDEN}", text)
     return "\n".join(_masked_line(line) for line in text.split("\n"))
+
+
+def _userinfo_hidden(found: re.Match[str]) -> str:
+    """A URL with its user info hidden; an oxen:// address as it is: its `namespace:repo@`
+    names a repository and a branch, no credentials."""
+    if found["scheme"].lower() == "oxen://":
+        return found[0]
+    return f"{found['scheme']}{_shown(found['userinfo'])}@"
 
 
 def _token_like(run: str) -> bool:

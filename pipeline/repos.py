@@ -26,20 +26,41 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
+from .errors import OutputError
 from .oxen import OxenHub
 from .oxenaddress import OxenAddress
-from .oxenlocal import LocalRepo, check_user, find_root, root_of, write_file
+from .oxenhttp import RETRIES
+from .oxenlocal import (
+    LocalRepo,
+    check_user,
+    find_root,
+    root_of,
+    staged_elsewhere,
+    staged_refusal,
+    write_file,
+)
 from .redact import redact_url
-from .summary import Summary
+from .summary import Summary, usd
 
 log = logging.getLogger(__name__)
 
 
-def hub(config: Config) -> OxenHub:
+CHECK_TIMEOUT_S = 20.0  # each request of the output's check before sending
+CHECK_RETRIES = 1
+
+
+def hub(config: Config, timeout_s: float = 120, retries: int = RETRIES) -> OxenHub:
     """A client for the config's hub, with its key when the variable is set."""
     variable = config.oxen.api_key_env or config.model.api_key_env
     key = os.environ.get(variable) or None
-    return OxenHub(config.oxen.host, config.oxen.scheme, key, key_env=variable)
+    return OxenHub(
+        config.oxen.host,
+        config.oxen.scheme,
+        key,
+        key_env=variable,
+        timeout_s=timeout_s,
+        retries=retries,
+    )
 
 
 def fetch_input(config: Config) -> tuple[Config, str]:
@@ -88,6 +109,18 @@ def provenance(
     }
 
 
+def check_output_repo(config: Config) -> None:
+    """Before anything is sent, for an oxen:// output: its repository is there (and the key
+    can see it) and it names a branch, not a commit. A few short reads, each bounded."""
+    assert config.output.repo is not None
+    address = OxenAddress.parse(config.output.repo)
+    try:
+        with hub(config, CHECK_TIMEOUT_S, CHECK_RETRIES) as client:
+            client.check_branch(address)
+    except OutputError as exc:
+        raise OutputError(f"output.path: {exc}") from None
+
+
 def commit_output(
     config: Config, summary: Summary, output: Path, input_commit: str | None
 ) -> str | None:
@@ -113,11 +146,15 @@ InputStamp = tuple[int, int]  # a local input's size and modification time (ns)
 
 def check_local(config: Config, output: Path) -> InputStamp | None:
     """Before anything is sent, for output.commit: the output's folder is in a local Oxen
-    repository and oxen has a user to commit as; the input's stamp, to tell after the run
-    whether it changed meanwhile. The repository is not opened yet: oxen would keep it
-    locked from every other process for the rest of the run."""
-    root_of(output)
+    repository, oxen has a user to commit as, and nothing of the user's own is staged there
+    (the output's commit would take it along); the input's stamp, to tell after the run
+    whether it changed meanwhile. The repository is not opened in this process yet: oxen
+    would keep it locked from every other process for the rest of the run."""
+    root = root_of(output)
     check_user()
+    others = staged_elsewhere(root, [output, provenance_path(output)])
+    if others:
+        raise staged_refusal(root, others)
     return _stamp(config.input.path)
 
 
@@ -199,6 +236,6 @@ def _describe(facts: dict[str, Any]) -> str:
             f"the store, {rows['failed']} failed, {rows['invalid']} invalid, "
             f"{rows['pending']} pending)",
             f"tokens: {facts['tokens']['prompt']} prompt, {facts['tokens']['completion']} "
-            f"completion; cost: {'unknown' if cost is None else f'${cost:.4f}'}",
+            f"completion; cost: {'unknown' if cost is None else usd(cost)}",
         ]
     )

@@ -3,7 +3,8 @@
 moto (`moto[server]`, a dev dependency) answers the S3 REST API offline and in memory; its
 WSGI app is served by werkzeug on a free port, wrapped in a small middleware that records
 each request as an operation (`requests`: (operation, path) in arrival order) and can refuse
-operations (`refuse`). Operations: `head`, `get` (an object's bytes), `list`, `upload`
+operations (`refuse`: one operation or `*` for every one, optionally only on paths matching
+a glob). Operations: `head`, `get` (an object's bytes), `list`, `upload`
 (PutObject, CreateMultipartUpload, UploadPart, CompleteMultipartUpload), `copy`
 (CopyObject), `delete`, `bucket` (a bucket's HEAD, PUT or DELETE) and `other`.
 
@@ -13,6 +14,7 @@ Seed it with `create_bucket` and `put`; read it with `get` and `keys`.
 
 from __future__ import annotations
 
+import fnmatch
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -59,6 +61,12 @@ class _Refusal:
     status: int
     code: str
     times: int | None  # None: until `allow`
+    path: str | None = None  # a glob over bucket/key; None: every path
+
+    def applies(self, operation: str, path: str) -> bool:
+        return self.operation in (operation, "*") and (
+            self.path is None or fnmatch.fnmatchcase(path, self.path)
+        )
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -120,12 +128,19 @@ class FakeS3:
     # -- scripting and records ------------------------------------------------------------
 
     def refuse(
-        self, operation: str, *, status: int = 403, code: str = "AccessDenied", times: int | None
+        self,
+        operation: str,
+        *,
+        status: int = 403,
+        code: str = "AccessDenied",
+        times: int | None,
+        path: str | None = None,
     ) -> None:
-        """Answer the next `times` requests of `operation` (None: all, until `allow`) with an
-        S3 error, without passing them on."""
+        """Answer the next `times` requests of `operation` (`*`: any; None: all, until
+        `allow`) whose bucket/key matches the glob `path` (None: any) with an S3 error,
+        without passing them on."""
         with self._lock:
-            self._refusals.append(_Refusal(operation, status, code, times))
+            self._refusals.append(_Refusal(operation, status, code, times, path))
 
     def allow(self) -> None:
         with self._lock:
@@ -173,7 +188,7 @@ class FakeS3:
             return self._app(environ, start_response)  # type: ignore[no-any-return]
         with self._lock:
             self.requests.append((operation, path))
-            refusal = next((r for r in self._refusals if r.operation == operation), None)
+            refusal = next((r for r in self._refusals if r.applies(operation, path)), None)
             if refusal is not None and refusal.times is not None:
                 refusal.times -= 1
                 if refusal.times <= 0:

@@ -198,7 +198,7 @@ def test_staged_changes_are_not_taken_along_and_a_rerun_commits_once(tmp_path: P
         rerun = run_cli("run", str(config), env=ENV)
         sent = model.count
     found = repo.inspect()
-    assert refused.code == 5, refused.stderr  # after sending: the answers are kept
+    assert refused.code == 2, refused.stderr  # found before anything was sent
     assert "staged changes (notes.txt)" in refused.stderr
     assert rerun.code == 0, rerun.stderr
     assert sent == 2

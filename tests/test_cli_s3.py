@@ -37,14 +37,14 @@ def parquet_bytes(texts: list[str], start: int = 0) -> bytes:
     return out.getvalue()
 
 
-@pytest.fixture
-def s3() -> Iterator[FakeS3]:
+@pytest.fixture(name="s3")
+def fake_s3() -> Iterator[FakeS3]:
     with FakeS3() as fake:
         yield fake
 
 
-@pytest.fixture
-def model() -> Iterator[FakeServer]:
+@pytest.fixture(name="model")
+def fake_model() -> Iterator[FakeServer]:
     with FakeServer(answer=label) as fake:
         yield fake
 
@@ -111,7 +111,9 @@ def test_local_input_to_an_s3_parquet_output(tmp_path: Path, s3: FakeS3, model: 
     assert pl.read_parquet(io.BytesIO(written))["answer"].to_list() == ["label-a", "label-b"]
     # The temporary key is gone (pyarrow's delete leaves a folder marker, nightly/, behind).
     assert s3.keys("labels") == ["nightly/", "nightly/answers.parquet"]
-    assert s3.count("copy") == 1 and s3.count("delete") == 1
+    # One delete for the probe before sending, one for the temporary key.
+    assert s3.count("copy") == 1 and s3.count("delete") == 2
+    assert s3.count("delete", "labels/nightly/.answers.parquet.probe.tmp") == 1
     local = tmp_path / ".pipeline-s3/out/labels/nightly/answers.parquet"
     assert local.read_bytes() == written
     assert_no_secrets(tmp_path, ran)
@@ -216,7 +218,9 @@ def test_a_failed_upload_keeps_the_old_object_and_the_answers_and_a_rerun_upload
         output={"path": "s3://labels/answers.csv", "include_meta": False},
         run={"store": "store.db"},
     )
-    s3.refuse(step, times=None)
+    # The upload of the temporary key, not the probe's before sending (test_cli_s3_checks).
+    temporary = "labels/.answers.csv.[0-9a-f]*.tmp" if step == "upload" else None
+    s3.refuse(step, times=None, path=temporary)
     failed = run(config, s3)
     old, keys = s3.get("labels", "answers.csv"), s3.keys("labels")
     with sqlite3.connect(tmp_path / "store.db") as db:

@@ -73,6 +73,8 @@ def test_redact_in_leaves_text_without_the_url_alone() -> None:
         ("id: 123e4567-e89b-12d3-a456-426614174000", "id: ***"),
         ("base_url: http://user:pw@host/v1", "base_url: http://user:***@host/v1"),
         ("at http://u:p@ss@host/v1 now", "at http://u:***@host/v1 now"),  # the last @
+        # an Oxen address's NS:REPO@BRANCH is no user info
+        ("path: oxen://ox:my-repo@main/a.csv", "path: oxen://ox:my-repo@main/a.csv"),
         ("found undefined alias 'ghp_abcdef123456'", "found undefined alias '***'"),
         # kept: nothing here may be a secret, and seeing it helps
         ("max_tokens: 100", "max_tokens: 100"),
