@@ -7,6 +7,7 @@ results down (OpenAI's routes, which Gemini's OpenAI mode and the LiteLLM proxy 
 Each call is retried on a 429, a 5xx or a dropped connection (a few times, with backoff);
 any other error status raises the pipeline's error for it. An endpoint without these routes
 (404 on `GET /batches`) is a `ConfigError` naming the URL tried, before anything is uploaded.
+No message shows the password of `model.base_url` (`redact.redact_url`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import httpx
 
 from .client import error_detail
 from .errors import AuthError, ConfigError, FatalRequestError, RetryableError
+from .redact import redact_in, redact_url
 
 LIST_PAGES = 20  # pages of 100 batches looked through to find one by its metadata
 RETRIES = 4
@@ -54,7 +56,7 @@ class BatchAPI:
 
     async def check(self) -> None:
         """Fail with a clear error if the endpoint has no Batch API."""
-        url = f"{self.base_url}/batches"
+        url = redact_url(f"{self.base_url}/batches")
         response = await self._call("GET", "/batches", params={"limit": 1}, check=False)
         if response.status_code in (404, 405, 501):
             raise ConfigError(
@@ -132,7 +134,8 @@ class BatchAPI:
                         f"{method} {path} timed out: {type(exc).__name__}"
                     ) from None
                 except (httpx.TransportError, httpx.DecodingError) as exc:
-                    raise RetryableError(f"{method} {path}: connection failed: {exc}") from None
+                    why = redact_in(str(exc), self.base_url)
+                    raise RetryableError(f"{method} {path}: connection failed: {why}") from None
                 if check or response.status_code == 429 or response.status_code >= 500:
                     self._raise(response, method, path)
                 return response

@@ -1,17 +1,21 @@
 """The `pipeline batch` commands, for batches run outside `pipeline run` (`vllm run-batch`,
 an upload by hand); neither sends a chat request.
 
-export: the requests the store has no answer for -> Batch API input files (batchfile.py).
+export: the requests the store has no answer for -> Batch API input files (batchfile.py),
+never over the store, the config, its input or output, or a file that is no batch input.
 import: batch output and error files -> answers and failures in the store, under its lock,
-as a run would put them (batchresults.py). Each prints one JSON object on stdout and what
-to do next on stderr.
+as a run would put them (batchresults.py); no store is made when nothing is imported. Each
+prints one JSON object on stdout and what to do next on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import re
 import sys
+from collections.abc import Container, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,7 @@ from .batchfile import (
     MB,
     Tally,
     part_path,
+    prefix,
     request_keys,
     request_line,
     unanswered,
@@ -30,19 +35,107 @@ from .batchresults import (
     ResultReader,
     Unreadable,
     file_lines,
+    result_of,
     store_results,
 )
+from .checks import same_file
+from .config import Config
 from .configfile import load
-from .errors import InputError
+from .errors import InputError, OutputError
 from .lock import Lock
+from .records import Result
 from .store import Store
-from .summary import EXIT_FAILED_ROWS, EXIT_OK, EXIT_USAGE
+from .summary import EXIT_FAILED_ROWS, EXIT_OK, EXIT_USAGE, counted
+
+
+def _kept(config: Config, config_file: Path) -> list[tuple[Path, str]]:
+    """The files an export must never overwrite, each with what it is."""
+    store = config.store_path
+    beside = (
+        ("-wal", "write-ahead log"),
+        ("-shm", "shared-memory file"),
+        ("-journal", "journal"),
+        (".lock", "lock"),
+    )
+    return [
+        (store, f"the store {store}, which holds every answer paid for"),
+        *(
+            (store.with_name(store.name + end), f"the store's {what} ({store})")
+            for end, what in beside
+        ),
+        (config.input.path, "the config's input file (input.path)"),
+        (config.output.path, "the config's output file (output.path)"),
+        (config_file, "the config file itself"),
+    ]
+
+
+def _parts_there(out: Path, kept: Iterable[Path]) -> list[tuple[int, Path]]:
+    """(number, path) of OUT and of each later part name (OUT.2, OUT.3 ...) that is a file
+    already, or one of the `kept` files: what an export to `out` might overwrite."""
+    name = re.compile(rf"{re.escape(out.stem)}\.([1-9][0-9]*){re.escape(out.suffix)}")
+    folder = out.parent.resolve()
+    names = [p.name for p in kept if p.parent.resolve() == folder]
+    if out.parent.is_dir():
+        names += [entry.name for entry in out.parent.iterdir()]
+    numbers = {int(m[1]) for n in names if (m := name.fullmatch(n)) and int(m[1]) > 1}
+    return [(1, out)] + [(n, part_path(out, n)) for n in sorted(numbers)]
+
+
+def _no_batch_input(path: Path, max_bytes: int) -> str | None:
+    """Why the file at `path` is no batch input file that an export may overwrite (None: it
+    is one, empty, or not there). A batch input file's first line is a request."""
+    if not path.exists():
+        return None
+    if not path.is_file():
+        return "a folder" if path.is_dir() else "not a regular file"
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(64)  # a binary file is not read on to its first newline
+            handle.seek(0)
+            line = handle.readline(max_bytes + 1) if head.lstrip().startswith(b"{") else head
+    except OSError as exc:
+        return f"a file that cannot be read ({exc.strerror or exc})"
+    if not line.strip():
+        return None if not line else "no batch input file (its first line is blank)"
+    if not line.lstrip().startswith(b"{"):
+        return "no batch input file (its first line is not a JSON object)"
+    try:
+        result_of(line, max_bytes=max_bytes)
+    except ValueError as exc:
+        if str(exc) == A_REQUEST:
+            return None  # an earlier export: its requests are written again as they stand
+        return f"no batch input file (its first line is no batch request: {exc})"
+    return "a file of batch results, not requests (`pipeline batch import` reads it)"
+
+
+def _check_out(config: Config, config_file: Path, out: Path) -> None:
+    """Refuse, before anything is read or written, an OUT whose parts would overwrite the
+    store, the config, its input or output, or a file that is no batch input."""
+    kept = _kept(config, config_file)
+    max_bytes = int(config.run.batch.max_file_mb * MB)
+    for number, path in _parts_there(out, (p for p, _ in kept)):
+        what = next((what for p, what in kept if same_file(path, p)), None)
+        what = what or _no_batch_input(path, max_bytes)
+        if what is None:
+            continue
+        where = (
+            f"OUT {path}"
+            if number == 1
+            else f"{path}, part {number}'s name should the export to {out} need {number} "
+            f"files ({part_path(out, 2).name}, {part_path(out, 3).name} ... after the first),"
+        )
+        raise OutputError(
+            f"{where} is {what}: the export would overwrite it; give OUT a new file name, "
+            "such as requests.jsonl (an earlier export may be written over); nothing was "
+            "written"
+        )
 
 
 def cmd_batch_export(args: argparse.Namespace) -> int:
     """The unanswered requests as batch input files: OUT, OUT.2 ..., each whole."""
     config = load(args.config, args.overrides)
     out = Path(args.out)
+    _check_out(config, Path(args.config), out)
     limits = config.run.batch
     tally = Tally()
     store = Store(config.store_path) if config.store_path.exists() else None
@@ -71,18 +164,23 @@ def cmd_batch_export(args: argparse.Namespace) -> int:
         "row_errors": tally.row_errors,
     }
     print(json.dumps(report, indent=2, ensure_ascii=False))
-    if tally.in_open_batches:
+    if held := tally.in_open_batches:
+        rows, them = (
+            ("1 row is not exported: its request is", "it")
+            if held == 1
+            else (f"{held} rows are not exported: their requests are", "them")
+        )
         print(
-            f"warning: {tally.in_open_batches} rows are not exported: their requests are in "
-            f"open batches ({', '.join(batch_ids)}), which will answer them; `pipeline run "
-            f"{args.config} --set run.mode=batch` collects them, `pipeline status "
-            f"{args.config}` shows them",
+            f"warning: {rows} in open batches ({', '.join(batch_ids)}), which will answer "
+            f"{them}; `pipeline run {args.config} --set run.mode=batch` collects {them}, "
+            f"`pipeline status {args.config}` shows {them}",
             file=sys.stderr,
         )
     if tally.row_errors:
         print(
-            f"warning: the prompt fails on {tally.row_errors} of {tally.rows} rows; they are not "
-            "exported (a run records them as failed)",
+            f"warning: the prompt fails on {tally.row_errors} of {counted(tally.rows, 'row')}; "
+            f"{'it is' if tally.row_errors == 1 else 'they are'} not exported (a run records "
+            f"{'it' if tally.row_errors == 1 else 'them'} as failed)",
             file=sys.stderr,
         )
     if not written:
@@ -95,8 +193,9 @@ def cmd_batch_export(args: argparse.Namespace) -> int:
     else:
         names = ", ".join(str(w.path) for w in written)
         print(
-            f"wrote {tally.requests} requests to {names}; once a batch server has answered "
-            f"them, `pipeline batch import {args.config} RESULTS...` stores the answers",
+            f"wrote {counted(tally.requests, 'request')} to {names}; once a batch server has "
+            f"answered {'it' if tally.requests == 1 else 'them'}, `pipeline batch import "
+            f"{args.config} RESULTS...` stores the answers",
             file=sys.stderr,
         )
     number = len(written) + 1
@@ -108,6 +207,53 @@ def cmd_batch_export(args: argparse.Namespace) -> int:
         )
         number += 1
     return EXIT_OK
+
+
+class _StoreWhenNeeded:
+    """The store under its lock, opened at the first result to put in it: an import that
+    stores nothing makes no store. Where a run may be using the store (it, or its lock
+    file, is there) the lock is taken before any line is read, as a run takes it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = Lock(path)
+        self._locked = False
+        self._store: Store | None = None
+
+    def __enter__(self) -> _StoreWhenNeeded:
+        if self.path.exists() or self._lock.path.exists():
+            self._lock.__enter__()
+            self._locked = True
+        return self
+
+    def store(self) -> Store:
+        """The store, locked and opened (made, if it was not there) on first use."""
+        if self._store is None:
+            if not self._locked:
+                self._lock.__enter__()
+                self._locked = True
+            self._store = Store(self.path)
+        return self._store
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self._store is not None:
+                self._store.close()
+        finally:
+            if self._locked:
+                self._lock.__exit__()
+
+
+def _of_this_config(
+    results: Iterable[Result], wanted: Container[int], imported: Imported
+) -> Iterator[Result]:
+    """The results of the config's own requests; the others counted as not this config's."""
+    for result in results:
+        head = prefix(result.key)
+        if head is None or head not in wanted:
+            imported.not_this_config += 1
+        else:
+            yield result
 
 
 def cmd_batch_import(args: argparse.Namespace) -> int:
@@ -123,24 +269,21 @@ def cmd_batch_import(args: argparse.Namespace) -> int:
     files: list[dict[str, Any]] = []
     unreadable: list[Unreadable] = []
     lost = requests = 0
-    with Lock(config.store_path):
-        store = Store(config.store_path)
-        try:
-            for path in paths:
-                try:
-                    with path.open("rb") as handle:
-                        reader = ResultReader(file_lines(handle), str(path))
-                        store_results(store, reader, wanted, imported)
-                except OSError as exc:
-                    raise InputError(
-                        f"cannot read results file {path}: {exc.strerror or exc}"
-                    ) from exc
-                files.append({"path": str(path), "lines": reader.lines_read})
-                lost += reader.unreadable
-                requests += reader.requests
-                unreadable += reader.first[: 5 - len(unreadable)]
-        finally:
-            store.close()
+    with _StoreWhenNeeded(config.store_path) as target:
+        for path in paths:
+            try:
+                with path.open("rb") as handle:
+                    reader = ResultReader(file_lines(handle), str(path))
+                    mine = _of_this_config(reader, wanted, imported)
+                    if (opening := next(mine, None)) is not None:
+                        results = itertools.chain([opening], mine)
+                        store_results(target.store(), results, wanted, imported)
+            except OSError as exc:
+                raise InputError(f"cannot read results file {path}: {exc.strerror or exc}") from exc
+            files.append({"path": str(path), "lines": reader.lines_read})
+            lost += reader.unreadable
+            requests += reader.requests
+            unreadable += reader.first[: 5 - len(unreadable)]
     report = {
         "ok": imported.ok,
         "failed": imported.failed,
@@ -162,44 +305,64 @@ def cmd_batch_import(args: argparse.Namespace) -> int:
     )
     print(json.dumps(report, indent=2, ensure_ascii=False))
     if requests:
+        are, these = (
+            ("1 line is a batch request (method, url, body), not a result", "this line changes")
+            if requests == 1
+            else (
+                f"{requests} lines are batch requests (method, url, body), not results",
+                "these lines change",
+            )
+        )
         print(
-            f"{requests} lines are batch requests (method, url, body), not results: did you "
-            "import the file `pipeline batch export` wrote? Import what the batch server "
-            "wrote (the batch's output file, `vllm run-batch -o RESULTS`); these lines "
-            "change no row",
+            f"{are}: did you import the file `pipeline batch export` wrote? Import what the "
+            "batch server wrote (the batch's output file, `vllm run-batch -o RESULTS`); "
+            f"{these} no row",
             file=sys.stderr,
         )
     if imported.not_this_config and imported.not_this_config == lines:
+        names = ", ".join(str(path) for path in paths)
+        its, was = ("its", "was it") if len(paths) == 1 else ("their", "were they")
+        none = (
+            f"{its} only line matches none of this config's requests"
+            if lines == 1
+            else f"none of {its} {lines} lines match this config's requests"
+        )
         print(
-            f"none of its {lines} lines match this config's requests: was it made from "
-            f"another config or an earlier prompt? ({args.config})",
+            f"{names}: {none}: {was} made from another config or an earlier prompt? (the "
+            f"config is {args.config})",
             file=sys.stderr,
         )
     elif imported.not_this_config:
         print(
-            f"skipped {imported.not_this_config} lines whose custom_id is no request of "
+            f"skipped {counted(imported.not_this_config, 'line')} whose custom_id is no request of "
             f"{args.config} (another config's, or an earlier prompt's)",
             file=sys.stderr,
         )
     if lost > requests:
         first = next((u for u in unreadable if u.why != A_REQUEST), unreadable[0])
+        could, their = (
+            ("line could", "its request stays")
+            if lost == 1
+            else ("lines could", "their requests stay")
+        )
         print(
-            f"{lost} lines could not be read, first {first.file} line {first.line}: "
-            f"{first.why}; their requests stay unanswered",
+            f"{lost} {could} not be read, first {first.file} line {first.line}: "
+            f"{first.why}; {their} unanswered",
             file=sys.stderr,
         )
     if imported.failed:
         print(
-            f"{imported.failed} requests failed in the batch; `pipeline run {args.config}` "
-            "sends them online",
+            f"{counted(imported.failed, 'request')} failed in the batch; "
+            f"`pipeline run {args.config}` sends them online",
             file=sys.stderr,
         )
-    if lines and not matched:
-        print(f"nothing imported into {config.store_path}", file=sys.stderr)
+    if not matched:
+        made = "" if config.store_path.exists() else " (no store was made)"
+        print(f"nothing imported into {config.store_path}{made}", file=sys.stderr)
         return int(args.exit_code)
     print(
-        f"imported {imported.ok} answers into {config.store_path}; `pipeline run {args.config}` "
-        "writes the output from the store",
+        f"imported {counted(imported.ok, 'answer')} into {config.store_path}; `pipeline run "
+        f"{args.config}` writes the output from the store",
         file=sys.stderr,
     )
     return int(args.exit_code)

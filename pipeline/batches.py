@@ -55,6 +55,7 @@ class Batches:
         api: BatchAPI,
         *,
         price: Price | None,
+        limit: int | None = None,
         progress: Progress | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -64,6 +65,7 @@ class Batches:
         self.store = store
         self.api = api
         self.price = price
+        self.limit = limit  # --limit N: only the first N rows' requests are submitted
         self.clock = clock
         self.sleep = sleep
         self.outcome = BatchOutcome()
@@ -146,9 +148,10 @@ class Batches:
             self.outcome.batches[record.id] = record
 
     async def submit(self) -> None:
-        """Submit every unanswered request that no open batch holds, within the budget."""
+        """Submit every unanswered request of the (first `limit`) rows that no open batch
+        holds, within the budget."""
         skip = self.store.open_batch_keys()
-        requests = batchfile.unanswered(self.config, self.store, skip=skip)
+        requests = batchfile.unanswered(self.config, self.store, skip=skip, limit=self.limit)
         lines = ((r.key, batchfile.request_line(r)) for r in self._affordable(requests))
         submission = uuid.uuid4().hex[:12]
         deadline = self.settings.deadline

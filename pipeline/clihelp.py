@@ -30,9 +30,10 @@ output.gold (when set), invalid and failed rates, tokens, the sample's cost and 
 table's projected cost (online and in batch), latency p50/p95; agreement and Cohen's kappa
 between variants; the rows where they differ (rows a variant left pending or failed are
 counted apart, as unanswered by it); warnings: variants that send identical requests (they
-share their answers through the store, so comparing them says nothing) and gold values
-outside output.labels. Every variant uses the config's store: a rerun sends nothing, and a
-later run of the chosen variant reuses the sample's answers.
+share their answers through the store, so comparing them says nothing), gold values
+outside output.labels, and run.mode batch (also said before sending). Variants are sent
+online, at the online price, whatever run.mode says. Every variant uses the config's store:
+a rerun sends nothing, and a later run of the chosen variant reuses the sample's answers.
 
 exit codes:
   0    every variant answered the sample (failed or invalid rows are in the figures)
@@ -125,11 +126,15 @@ bytes of each), rows, already_answered (rows whose request the store answers),
 in_open_batches (rows whose request is in a batch a run submitted and has not collected
 yet: not exported, as that batch answers it; a warning names the batches), skipped
 (prompt.skip_null) and row_errors (rows the template fails on: not exported). With nothing
-to export, no file is written.
+to export, no file is written. Only a batch input file (an earlier export, or an empty file)
+is written over: an OUT or later part's name that is the store (or its -wal, -shm, -journal
+or lock file), the config, its input or output, or a file whose first line is no batch
+request is refused before anything is written.
 
 exit codes:
   0    the files are written, or nothing is left to export
-  2    config, input, output or store problem (or a request larger than one file may hold)
+  2    config, input, output or store problem (or a request larger than one file may hold);
+       OUT, or a later part's name, is a file the export must not write over
   6    internal error (a bug)
   130  interrupted (Ctrl-C); the files already finished are whole, no half file is left
   143  stopped by SIGTERM (systemd's stop, timeout); as 130
@@ -151,7 +156,8 @@ exit codes:
   1    some lines were failures or could not be read; a run sends those requests online
   2    config, input or store problem, a results file is missing or unreadable, or no
        line of the files is a result of this config's requests (requests, not results;
-       another config's or an earlier prompt's results): nothing was imported
+       another config's or an earlier prompt's results): nothing was imported, and no
+       store is made for a config that has none
   4    another run is using the same store
   6    internal error (a bug)
   130  interrupted (Ctrl-C); what was imported so far is kept

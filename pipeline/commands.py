@@ -68,6 +68,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
         "skipped": plan.skipped,
         "unique_requests": plan.unique_requests,
         "already_answered": plan.done,
+        "batch_pending": plan.batch_pending,  # rows in open batches: waited for, not sent
         "to_send": plan.to_send,
         "estimated_tokens": plan.estimated_tokens,
         "estimated_prompt_tokens_to_send": plan.to_send_prompt_tokens,
@@ -82,12 +83,21 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     config = _config(args)
+    ray = None
+    if config.run.engine == "ray":  # as a run: Ray installed, the cluster reachable
+        from .raycluster import check as check_ray
+
+        ray = check_ray(config)  # starts and joins nothing
     plan = make_plan(config, show=0)  # opens the store: a damaged or read-only one is named
     check_output(config.output.path, config.input.path)
     if config.output.url is not None:
         from .objectstore import check_bucket  # s3:// outputs only
 
         check_bucket(config)
+    if config.output.repo is not None:
+        from .repos import check_output_repo  # oxen:// outputs only
+
+        check_output_repo(config)
     if config.output.commit:
         from .repos import check_local  # a local Oxen repository: the oxen extra
 
@@ -126,6 +136,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"model: {checked.note}")
     if checked.model is not None:
         print(f"model: '{config.model.name}' is served and accepts model.params")
+    if ray is not None:
+        print(f"ray: {ray}")
     return EXIT_OK
 
 
@@ -139,6 +151,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         "invalid": plan.invalid,
         "failed": plan.failed,
         "pending": plan.pending,
+        "batch_pending": plan.batch_pending,  # of pending: rows whose request is in an open batch
         "skipped": plan.skipped,
         "row_errors": plan.row_errors,  # rows the template fails on: a run records them failed
         "first_row_error": plan.first_error,

@@ -9,13 +9,15 @@ pair of variants (labels), and the rows where they differ (a row a variant left 
 failed is counted apart, as unanswered by it); `format_compare` is its terminal table.
 
 Warnings: variants that send identical requests (the store's key is model, messages and
-params, so they share their answers and comparing them says nothing), and gold labels
-outside `output.labels`.
+params, so they share their answers and comparing them says nothing), gold labels outside
+`output.labels`, and run.mode batch, which compare does not follow: it sends online, at
+the online price (said before anything is sent, too).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import polars as pl
@@ -30,6 +32,8 @@ from .progress import Progress
 from .records import FAILED, PENDING
 from .scoretable import gold_warning
 from .variants import Variant, _round, figures, fresh_progress, run_variant, sample, variants
+
+log = logging.getLogger(__name__)
 
 SHOWN_DISAGREEMENTS = 50  # rows where variants differ, kept for the report
 SHOWN_COLUMNS = 6  # input columns shown beside them
@@ -65,6 +69,8 @@ def compare(
     found = variants(path, overrides, specs)
     base = found[0].config
     rows, numbers, table_rows = sample(base, n, how, seed)
+    if online := _sent_online(found):
+        log.warning("%s", online)
     runs = [asyncio.run(run_variant(v, rows, fresh_progress(progress))) for v in found]
     report: dict[str, Any] = {
         "config": str(path),
@@ -95,8 +101,27 @@ def compare(
     statuses = {v.name: ran["statuses"] for v, ran in zip(found, runs, strict=True)}
     report["disagreements"] = _disagreements(rows, numbers, base, answers, statuses)
     report["identical_requests"] = _identical(found, [ran["keys"] for ran in runs])
-    report["warnings"] = _warnings(found, report)
+    report["warnings"] = ([online] if online else []) + _warnings(found, report)
     return report
+
+
+def _sent_online(found: list[Variant]) -> str | None:
+    """What to say when a variant's run.mode is batch: compare sends online all the same,
+    at the online price (a batch may take hours; the sample is a few rows)."""
+    batch = [v.name for v in found if v.config.run.mode == "batch"]
+    if not batch:
+        return None
+    who = (
+        "run.mode is batch"
+        if len(batch) == len(found)
+        else f"variant{'s' * (len(batch) > 1)} {_names(batch)} set run.mode: batch"
+    )
+    return (
+        f"{who}, but compare sends every request online, at the online price, whatever "
+        "run.mode says (cost_usd is the online cost; projected_batch_cost_usd estimates the "
+        "table in batch mode); a `pipeline run` of the chosen variant submits the rest of "
+        "the table in batches"
+    )
 
 
 def _identical(found: list[Variant], keys: list[tuple[str | None, ...]]) -> list[list[str]]:

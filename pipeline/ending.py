@@ -6,7 +6,8 @@ output is written, the batches' tokens and cost are added and why rows stay pend
 it was and says why (`not_reparsed`); a signal sets its exit code (`signalled`) and every
 row is counted again as the store has it, sending nothing (`recount`). Whatever ended the
 run, `record` writes the summary beside the output and appends the run's line to the run
-log.
+log. A run that spent no token cost nothing, priced or not (`free`): `cost_usd` is null
+only when tokens were spent at an unknown price.
 """
 
 from __future__ import annotations
@@ -42,13 +43,16 @@ def count_batches(
     summary: Summary, outcome: BatchOutcome | None, *, detached: bool = False
 ) -> None:
     """Add the batches' tokens and cost to what the engine counted (which counted the rows
-    they answered as `batch_collected`), and say why rows are left pending."""
+    they answered as `batch_collected`), and say why rows are left pending. A run that
+    spent no tokens cost nothing, whatever the price: its `cost_usd` is 0, not unknown."""
     if outcome is None:
+        free(summary)
         return
     summary.prompt_tokens += outcome.prompt_tokens
     summary.completion_tokens += outcome.completion_tokens
     if outcome.cost_usd:
         summary.cost_usd = (summary.cost_usd or 0.0) + outcome.cost_usd
+    free(summary)
     if outcome.held_back and not summary.stopped:  # the engine's counting cleared it
         summary.stopped = held_back(outcome)
     if detached:  # the rows in the batches just submitted are pending, as they should be
@@ -61,6 +65,15 @@ def count_batches(
             f"{summary.pending} rows have no answer from the batches (expired, cancelled or "
             "failed); the next run submits them again"
         )
+
+
+def free(summary: Summary) -> None:
+    """A run that sent no request and spent no token (a rerun from the store, a reparse, a
+    detached submit, a batch run with nothing new to collect) cost 0 USD: `cost_usd` is
+    None only when tokens were spent at an unknown price."""
+    spent = summary.requests_sent or summary.prompt_tokens or summary.completion_tokens
+    if summary.cost_usd is None and not spent:
+        summary.cost_usd = 0.0
 
 
 def held_back(outcome: BatchOutcome) -> str:
@@ -101,14 +114,14 @@ def not_reparsed(config: Config, summary: Summary, uses_labels: bool) -> str:
         return (
             f"{summary.pending} of {summary.rows} rows have no answer in the store "
             f"{config.store_path}, so {summary.output} was left as it was: {held} wait in an "
-            "open batch, which `pipeline run --set run.mode=batch` collects (then reparse "
+            "open batch, which `pipeline run CONFIG --set run.mode=batch` collects (then reparse "
             f"again){more}"
         )
     return (
         f"{summary.pending} of {summary.rows} rows have no answer in the store "
         f"{config.store_path} for the requests this config makes, so {summary.output} was "
         f"left as it was; reparse reuses answers only for unchanged requests, and {why}; "
-        "`pipeline run` would send them"
+        "`pipeline run CONFIG` would send them"
     )
 
 
@@ -171,6 +184,8 @@ async def recount(
 def record(summary: Summary, config: Config, command: str, output: Path | None = None) -> None:
     """Write the summary beside the output (`output`: where a run that writes none, detached,
     would have written it) and a line in the run log, as far as possible."""
+    if not summary.batches:  # else the batches' spend is added by `count_batches`, or unknown
+        free(summary)
     beside = Path(summary.output) if summary.output else output
     if summary.exit != EXIT_LOCKED and beside is not None:  # locked: the other run's output
         with contextlib.suppress(OSError):

@@ -12,7 +12,8 @@ Pure functions over plain Python lists (no I/O, no polars), for `pipeline run` w
   and `text` one that is not a string, number or boolean;
 - invalid and failed rows are scored, as wrong, and counted (`invalid`, `failed`);
 - for `label`, a gold label outside `labels` is scored (no answer can match it) and counted
-  in `gold_not_in_labels`: usually a typo in the gold column.
+  in `gold_not_in_labels`, with the first few of its row numbers (counted from 1) in
+  `gold_not_in_labels_rows`: usually a typo in the gold column.
 
 Comparing: `label` answers and gold go through the label parser's normalisation (case,
 whitespace, `_`/`-`, surrounding punctuation, a "label:" prefix), so gold "Billing" is the
@@ -85,6 +86,8 @@ class Evaluation:
     fields: tuple[FieldScore, ...] = ()
     exact_match: float | None = None  # json: the same as accuracy
     gold_not_in_labels: tuple[tuple[str, int], ...] = ()  # label: (gold label, scored rows)
+    # ... and the first few of those rows' numbers, counted from 1, in the same order
+    gold_not_in_labels_rows: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe, ratios rounded to 4 decimals; label and json keys only for their kind."""
@@ -122,6 +125,9 @@ class Evaluation:
                 "matrix": [list(row) for row in self.confusion],
             }
             data["gold_not_in_labels"] = dict(self.gold_not_in_labels)
+            data["gold_not_in_labels_rows"] = {
+                name: list(rows) for name, rows in self.gold_not_in_labels_rows
+            }
         if self.kind == "json":
             data["exact_match"] = _round(self.exact_match)
             data["fields"] = {
@@ -150,6 +156,7 @@ def score(
         raise ValueError(f"kind must be label, json or text, not {kind!r}")
     read = _gold_reader(kind, fields)
     scored: list[tuple[str, Any, Any]] = []  # (status, answer, gold value)
+    numbers: list[int] = []  # each scored row's number, counted from 1
     counts: Counter[str] = Counter()
     bad_rows: list[int] = []
     for number, (answer, cell, status) in enumerate(zip(answers, gold, statuses, strict=True), 1):
@@ -168,6 +175,7 @@ def score(
         else:
             counts[status] += 1
             scored.append((status, answer, expected))
+            numbers.append(number)
     base = Evaluation(
         kind=kind,
         rows=len(statuses),
@@ -183,7 +191,7 @@ def score(
         unscored_pending=counts[PENDING],
     )
     if kind == "label":
-        return _score_labels(base, scored, labels or ())
+        return _score_labels(base, scored, labels or (), numbers)
     if kind == "json":
         return _score_json(base, scored, fields)
     correct = sum(  # canon(None) is None, never the form of a gold string
@@ -195,7 +203,10 @@ def score(
 
 
 def _score_labels(
-    base: Evaluation, scored: list[tuple[str, Any, Any]], labels: Sequence[str]
+    base: Evaluation,
+    scored: list[tuple[str, Any, Any]],
+    labels: Sequence[str],
+    numbers: Sequence[int],
 ) -> Evaluation:
     names: dict[str, str] = {}  # label key -> the label as shown: `labels` first, then as met
     for label in labels:
@@ -219,7 +230,15 @@ def _score_labels(
         matrix[index[gold_key]][len(names) if answered is None else index[answered]] += 1
     outside = Counter(g for g, _ in pairs if allowed and g not in allowed)  # in order met
     unknown = tuple((names[g], n) for g, n in outside.items())
-    return replace(_with_labels(base, list(names.values()), matrix), gold_not_in_labels=unknown)
+    where: dict[str, list[int]] = {g: [] for g in outside}
+    for (gold_key, _), number in zip(pairs, numbers, strict=True):
+        if gold_key in where and len(where[gold_key]) < BAD_ROWS_SHOWN:
+            where[gold_key].append(number)
+    return replace(
+        _with_labels(base, list(names.values()), matrix),
+        gold_not_in_labels=unknown,
+        gold_not_in_labels_rows=tuple((names[g], tuple(rows)) for g, rows in where.items()),
+    )
 
 
 def _with_labels(base: Evaluation, names: list[str], matrix: list[list[int]]) -> Evaluation:
@@ -280,15 +299,25 @@ def merge(parts: Sequence[Evaluation]) -> Evaluation:
         index = {key: i for i, key in enumerate(shown)}
         matrix = [[0] * (len(names) + 1) for _ in names]
         unknown: Counter[str] = Counter()
+        where: dict[str, list[int]] = {}
+        offset = 0
         for part in parts:
             for name, rows in part.gold_not_in_labels:
                 unknown[shown[norm_label(name)]] += rows
+            for name, numbers in part.gold_not_in_labels_rows:
+                held = where.setdefault(shown[norm_label(name)], [])
+                held += [offset + n for n in numbers][: BAD_ROWS_SHOWN - len(held)]
+            offset += part.rows
             columns = [index[norm_label(n)] for n in part.confusion_labels] + [len(names)]
             for name, row in zip(part.confusion_labels, part.confusion, strict=True):
                 for column, count in zip(columns, row, strict=True):
                     matrix[index[norm_label(name)]][column] += count
         merged = _with_labels(base, names, matrix)
-        return replace(merged, gold_not_in_labels=tuple(unknown.items()))
+        return replace(
+            merged,
+            gold_not_in_labels=tuple(unknown.items()),
+            gold_not_in_labels_rows=tuple((name, tuple(where.get(name, ()))) for name in unknown),
+        )
     accuracy = _ratio(base.correct, base.scored)
     if kind == "json":
         scored: Counter[str] = Counter()

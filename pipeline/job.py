@@ -32,7 +32,7 @@ from .records import FAILED, INVALID, OK, PENDING, SKIPPED, Request, Result
 from .render import Renderer
 from .sender import Counters
 from .store import Store, Writer
-from .summary import Summary
+from .summary import Summary, usd
 from .triage import Stored, Work, triage
 
 
@@ -47,6 +47,7 @@ class Chunk:
     waiting: dict[str, asyncio.Future[Result]] = field(default_factory=dict)
     digest: bytes | None = None  # its memo key, when it may be memoised
     answered: pl.DataFrame | None = None  # the memo had it: the finished chunk
+    stored: frozenset[str] = frozenset()  # the keys the store (or this run's batches) answered
 
 
 def render_rows(
@@ -178,11 +179,7 @@ class Job:
         for key, result in plan.settled.items():
             self._tally(result.status, rows[key])
             settled += rows[key]
-        for key in plan.from_store:
-            if key in self.batch_answered:
-                self.summary.batch_collected += rows[key]
-            else:
-                self.summary.from_store += rows[key]
+        chunk.stored = frozenset(plan.from_store)  # counted once parsed (`_count_stored`)
         self.summary.batch_pending += sum(rows[k] for k in plan.held)
         for key in plan.join:
             chunk.waiting[key] = self.pool.join(key, rows[key])
@@ -224,6 +221,7 @@ class Job:
         )
         if self.config.output.gold is not None:
             self._evaluate(answered, statuses)
+        self._count_stored(chunk, statuses)
         for status, count in counts.items():
             self.summary.count_many(status, count)
             self._tally(OK if status == INVALID else status, -count)  # parsed: no longer live
@@ -233,6 +231,20 @@ class Job:
             new = answered.columns[chunk.frame.width :]
             self.memo.put(chunk.digest, answered.select(new), ok, skipped)
         return answered
+
+    def _count_stored(self, chunk: Chunk, statuses: list[str]) -> None:
+        """Count the rows the store answered as `from_store`, or `batch_collected` when this
+        run's batches answered them: those whose answer parsed, so each answered row is
+        counted once (an answer that does not parse is `invalid`, and only that)."""
+        if not chunk.stored:
+            return
+        for key, status in zip(chunk.keys, statuses, strict=True):
+            if status != OK or key is None or key not in chunk.stored:
+                continue
+            if key in self.batch_answered:
+                self.summary.batch_collected += 1
+            else:
+                self.summary.from_store += 1
 
     async def _settle_held(self, chunk: Chunk, results: dict[str, Result]) -> None:
         """A request that failed only because the endpoint went down, which then stopped the
@@ -352,5 +364,5 @@ class Job:
         stats["retries"] = counters.retries
         stats["tokens"] = counters.prompt_tokens + counters.completion_tokens
         if self.sender.price is not None:
-            stats["cost"] = f"${counters.cost_usd:.4f}"
+            stats["cost"] = usd(counters.cost_usd)
         return stats

@@ -2,7 +2,8 @@
 
 Backs `pipeline preview` (the first requests, row, token and cost estimates) and
 `pipeline status` (done / invalid / failed / pending / skipped rows by what the store
-holds, and the last run in the run log).
+holds, and the last run in the run log). A request in an open batch is pending and not to
+send: a run waits for the batch, it does not pay for the request again.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class Plan:
     invalid: int = 0  # answered, but not parsed by the output settings (`counts_only` only)
     failed: int = 0
     pending: int = 0
+    batch_pending: int = 0  # of `pending`: rows whose request waits in an open batch
     estimated_tokens: int = 0
     to_send: int = 0
     to_send_prompt_tokens: int = 0
@@ -66,6 +68,7 @@ def make_plan(
         Memo(store, config, opened.renderer.columns) if store is not None and counts_only else None
     )
     invalid = _invalid_keys(config, store) if store is not None and counts_only else None
+    held = store.open_batch_keys() if store is not None else set()
     distinct: list[pl.DataFrame] = []  # per chunk, its distinct requests
     try:
         for frame in opened.source.chunks(config.run.chunk_rows):
@@ -93,12 +96,15 @@ def make_plan(
                     plan.invalid += 1
                 elif status == OK:
                     plan.done += 1
+                elif request.key in held:  # sent once already: a run waits for the batch
+                    plan.pending += 1
+                    plan.batch_pending += 1
                 elif status == FAILED:
                     plan.failed += 1
                 else:
                     plan.pending += 1
                 if not counts_only and request.key not in firsts:
-                    firsts[request.key] = (request.est_tokens, status == OK)
+                    firsts[request.key] = (request.est_tokens, status == OK or request.key in held)
             if firsts:
                 distinct.append(_requests_frame(firsts))
     finally:
@@ -110,7 +116,8 @@ def make_plan(
 
 
 def _requests_frame(firsts: dict[str, tuple[int, bool]]) -> pl.DataFrame:
-    """Requests as (64-bit key prefix, token estimate, answered): 17 bytes each."""
+    """Requests as (64-bit key prefix, token estimate, answered or in an open batch): 17
+    bytes each."""
     return pl.DataFrame(
         {
             "key": [int(key.partition(":")[2][:16], 16) for key in firsts],  # r1:<sha256>
@@ -122,7 +129,8 @@ def _requests_frame(firsts: dict[str, tuple[int, bool]]) -> pl.DataFrame:
 
 
 def _count_to_send(requests: pl.DataFrame, reserve: int, plan: Plan) -> None:
-    """Count each distinct request once, and what those not yet answered would cost."""
+    """Count each distinct request once, and what those neither answered nor in an open
+    batch would cost."""
     first = pl.col("key").ne_missing(pl.col("key").shift(1))  # in key order: a new key
     todo = first & ~pl.col("answered")
     counts = (

@@ -151,7 +151,9 @@ def _evaluation(evaluation: Mapping[str, Any]) -> str:
     if passed:
         out += f'<p class="note">Not scored: {", ".join(passed)}.</p>'
     unknown = evaluation.get("gold_not_in_labels")
-    if isinstance(unknown, Mapping) and (warning := gold_warning(unknown)):
+    where = evaluation.get("gold_not_in_labels_rows")
+    where = where if isinstance(where, Mapping) else None
+    if isinstance(unknown, Mapping) and (warning := gold_warning(unknown, where)):
         out += f'<div class="alert"><b>warning:</b> {_e(warning)}</div>'
     if labels := evaluation.get("labels") or {}:
         heads = ("Precision", "Recall", "F1", "Support", "Answered")

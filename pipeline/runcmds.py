@@ -20,7 +20,7 @@ from .progress import Progress
 from .runner import run
 from .signals import BY_CODE, stoppable
 from .source import Source
-from .summary import EXIT_FAILED_ROWS, EXIT_OK, EXIT_PART_WAY, Summary
+from .summary import EXIT_FAILED_ROWS, EXIT_OK, EXIT_PART_WAY, Summary, counted
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -34,7 +34,8 @@ def _report_run(config: Config, offline: bool, args: argparse.Namespace) -> int:
         raise ConfigError("--detach needs run.mode: batch (e.g. --set run.mode=batch)")
     report = None
     if getattr(args, "report", None):
-        check_report(Path(args.report))
+        if not detach:  # with --detach, `run` refuses the report before anything is made
+            check_report(Path(args.report))
         report = functools.partial(
             _write_run_report, config, path=Path(args.report), name=args.config
         )
@@ -71,8 +72,8 @@ def _report_run(config: Config, offline: bool, args: argparse.Namespace) -> int:
     kept = "was written" if summary.output in summary.written else "was left as it was"
     if code == EXIT_PART_WAY:
         print(
-            f"stopped part-way: {summary.error}; {summary.requests_sent} requests were sent "
-            f"and every answer received is kept in the store {store}; the output {kept}; "
+            f"stopped part-way: {summary.error}; {_sent(summary)} and every answer received "
+            f"is kept in the store {store}; the output {kept}; "
             "fix the problem and rerun to resume",
             file=sys.stderr,
         )
@@ -102,12 +103,14 @@ def _report_run(config: Config, offline: bool, args: argparse.Namespace) -> int:
             if not config.output.retry_invalid
             else "change the prompt or the parse settings (then `pipeline reparse`)"
         )
+        answers = "1 answer" if summary.invalid == 1 else f"{summary.invalid} answers"
         print(
-            f"{summary.invalid} answers did not parse; the reasons are in {where}; {advice}",
+            f"{answers} did not parse; the reasons are in {where}; {advice}",
             file=sys.stderr,
         )
     if summary.pending and offline:
-        print(f"{summary.pending} rows have no answer in the store yet", file=sys.stderr)
+        rows = "1 row has" if summary.pending == 1 else f"{summary.pending} rows have"
+        print(f"{rows} no answer in the store yet", file=sys.stderr)
     if args.limit is not None and summary.output in summary.written:
         print(
             f"--limit {args.limit}: wrote {summary.rows} rows to {output}; "
@@ -120,6 +123,18 @@ def _report_run(config: Config, offline: bool, args: argparse.Namespace) -> int:
     return code
 
 
+def _sent(summary: Summary) -> str:
+    """What went out before a run stopped part-way: '12 requests were sent', and what its
+    batches took and gave back."""
+    n = summary.requests_sent
+    said = f"{counted(n, 'request')} {'was' if n == 1 else 'were'} sent"
+    if summary.batch_submitted:
+        said += f", {counted(summary.batch_submitted, 'request')} submitted in batches"
+    if summary.batch_collected:
+        said += f", {counted(summary.batch_collected, 'row')} answered from batches"
+    return said
+
+
 def _say_failed(config: Config, summary: Summary, name: str) -> None:
     """Where the failed rows' errors are, and whether a rerun can help: a failed request
     is in the store and sent again; a row the template or an image fails on is not."""
@@ -127,8 +142,8 @@ def _say_failed(config: Config, summary: Summary, name: str) -> None:
     if sent := summary.failed - summary.row_errors:
         where = "the output's _error column and the store" if meta else "the store"
         print(
-            f"{sent} rows failed; the errors are in {where} ({config.store_path}); rerun to "
-            "retry them",
+            f"{counted(sent, 'row')} failed; the errors are in {where} "
+            f"({config.store_path}); rerun to retry them",
             file=sys.stderr,
         )
     if summary.row_errors:
@@ -139,7 +154,7 @@ def _say_failed(config: Config, summary: Summary, name: str) -> None:
             "each in the output's _error column)"
         )
         print(
-            f"{summary.row_errors} rows failed before sending (the template or an image "
+            f"{counted(summary.row_errors, 'row')} failed before sending (the template or an image "
             f"fails on them); {where}; a rerun fails them again: fix the prompt or the data",
             file=sys.stderr,
         )

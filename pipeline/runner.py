@@ -24,7 +24,7 @@ import httpx
 from .checks import api_key, check_new_columns, check_output
 from .config import Config
 from .ending import count_batches, discard, held_back, not_reparsed, record, recount, signalled
-from .errors import PipelineError, RequestError
+from .errors import ConfigError, PipelineError, RequestError
 from .execute import Priced, execute, model_price
 from .lock import Lock
 from .progress import Progress
@@ -91,7 +91,9 @@ async def run(
     `run.mode: batch`, the batch phase first submits what is unanswered and waits for the
     batches (`detach`: submits and counts the rows from the store, writing no output); the
     engine then writes the output from the store, sending online only what a passed
-    deadline left over. An online run over a store with open batches first collects what
+    deadline left over; `limit` holds for the batches too (only the first rows' requests
+    are submitted), and `detach` with a `report` is refused, as there is no output to
+    report on. An online run over a store with open batches first collects what
     they finished; the keys still in one stay pending, never sent twice. A pipeline error
     does not raise: it ends the run and sets the summary's error and exit code; so does a
     `report` (called once the output is written) that raises one. A signal's cancellation
@@ -102,12 +104,20 @@ async def run(
     """
     output = limit_path(config.output.path, limit)
     summary = Summary(output=str(output), fail_threshold=config.run.fail_threshold)
+    if not offline:  # the engine the config names, also when the run stops before it starts
+        summary.engine = config.run.engine
     started = time.monotonic()
     sink: Sink | None = None
-    sending: OpenedInput | None = None  # set once requests may go out: a signal recounts it
-    answered: Container[str] = frozenset()  # the keys this run's batches answered
+    sending: OpenedInput | None = None  # until the output is written: a signal recounts it
+    phase: list[BatchOutcome] = []  # the batch phase's outcome, as far as it got
     batch = config.run.mode == "batch" and not offline
     try:
+        if detach and report is not None:
+            raise ConfigError(
+                "--report needs the output, and --detach writes none: submit without "
+                "--report, and give it to the run that collects the batches and writes the "
+                "output"
+            )
         if config.run.engine == "ray" and not offline:
             from .raycluster import import_ray  # a missing install is said before anything else
 
@@ -117,11 +127,16 @@ async def run(
 
             config, summary.input_commit = await asyncio.to_thread(fetch_input, config)
         opened = open_input(config, limit)
+        sending = None if offline else opened
         check_output(output, config.input.path)
         if config.output.url is not None and limit is None:
             from .objectstore import check_bucket  # s3:// outputs only
 
             await asyncio.to_thread(check_bucket, config)
+        if config.output.repo is not None and limit is None:
+            from .repos import check_output_repo  # oxen:// outputs only
+
+            await asyncio.to_thread(check_output_repo, config)
         stamp = None  # output.commit: the local input's size and time before the run
         if config.output.commit and limit is None:
             from .repos import check_local  # a local Oxen repository: the oxen extra
@@ -135,10 +150,12 @@ async def run(
             priced = Priced(await asyncio.to_thread(model_price, config, api_key(config)))
             if batch:
                 summary.mode = "batch"
-                outcome = await _batch_phase(config, summary, progress, transport, detach, priced)
+                outcome = await _batch_phase(
+                    config, summary, progress, transport, detach, priced, limit, phase
+                )
                 offline = not outcome.fallback
             else:
-                outcome = await _settle_batches(config, summary, progress, transport, priced)
+                outcome = await _settle_batches(config, summary, progress, transport, priced, phase)
         if detach:  # the rows as the store has them now, counted; no output written
             frames = opened.source.chunks(config.run.chunk_rows)
             await execute(config, opened.renderer, frames, discard, summary=summary, offline=True)
@@ -146,8 +163,7 @@ async def run(
             count_batches(summary, outcome, detached=True)
             return summary
         sink = Sink(output)
-        answered = outcome.answered_keys if outcome is not None else frozenset()
-        sending = None if offline else opened
+        answered: Container[str] = outcome.answered_keys if outcome is not None else ()
         await execute(
             config,
             opened.renderer,
@@ -167,7 +183,7 @@ async def run(
             summary.exit = EXIT_FAILED_ROWS
             return summary  # `finally` drops the new file: the output stays as it was
         sink.commit()
-        sink = None
+        sink, sending = None, None
         summary.written.append(str(output))
         count_batches(summary, outcome)
         if (config.output.repo or config.output.commit) and limit is None and not summary.stopped:
@@ -195,8 +211,12 @@ async def run(
             summary.error, summary.exit = "interrupted", EXIT_INTERRUPTED
             raise
         signalled(summary, stop)
-        if sending is not None and sink is not None:  # the output not written yet
-            await recount(config, sending, summary, answered)
+        if sending is not None:  # the output not written yet
+            keys: Container[str] = ()
+            if phase:  # what the batches collected and spent so far
+                count_batches(summary, phase[0], detached=True)
+                keys = phase[0].answered_keys
+            await recount(config, sending, summary, keys)
     except KeyboardInterrupt:
         summary.error, summary.exit = "interrupted", EXIT_INTERRUPTED
         raise
@@ -219,8 +239,11 @@ async def _batch_phase(
     transport: httpx.AsyncBaseTransport | None,
     detach: bool,
     priced: Priced,
+    limit: int | None,
+    phase: list[BatchOutcome],
 ) -> BatchOutcome:
-    """Submit, wait for and collect the batches, under the store's lock."""
+    """Submit (the first `limit` rows' requests), wait for and collect the batches, under
+    the store's lock; `phase` gets the outcome as it grows, for a signal's summary."""
     from .batchapi import BatchAPI  # batch mode only
     from .batches import Batches
 
@@ -230,7 +253,10 @@ async def _batch_phase(
         store = Store(config.store_path)
         try:
             async with BatchAPI(config.model.base_url, key, transport=transport) as api:
-                batches = Batches(config, store, api, price=priced.price, progress=shown)
+                batches = Batches(
+                    config, store, api, price=priced.price, limit=limit, progress=shown
+                )
+                phase.append(batches.outcome)
                 try:
                     outcome = await batches.run(detach=detach)
                 finally:
@@ -249,9 +275,11 @@ async def _settle_batches(
     progress: Progress | None,
     transport: httpx.AsyncBaseTransport | None,
     priced: Priced,
+    phase: list[BatchOutcome],
 ) -> BatchOutcome | None:
     """An online run over a store with open batches: collect what they finished first (the
-    engine then sends none of the keys still in one). None: the store has no open batch."""
+    engine then sends none of the keys still in one). None: the store has no open batch.
+    `phase` gets the outcome as it grows, for a signal's summary."""
     if not config.store_path.exists():
         return None
     from .batchapi import BatchAPI  # open batches only
@@ -266,6 +294,7 @@ async def _settle_batches(
             shown = Progress(enabled=progress.enabled, tty=progress.tty) if progress else None
             async with BatchAPI(config.model.base_url, key, transport=transport) as api:
                 batches = Batches(config, store, api, price=priced.price, progress=shown)
+                phase.append(batches.outcome)
                 try:
                     await batches.settle()
                 except RequestError as exc:

@@ -3,9 +3,10 @@ per-label precision/recall/F1 or per-field accuracy, and a small confusion matri
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from .evaluate import Evaluation
+from .summary import counted
 
 _NAME_WIDTH = 24
 _CONFUSION_MAX = 8
@@ -23,7 +24,7 @@ def format_table(evaluation: Evaluation) -> str:
             )
         lines += _label_rows(e)
         lines += _confusion_rows(e)
-        if warning := gold_warning(dict(e.gold_not_in_labels)):
+        if warning := gold_warning(dict(e.gold_not_in_labels), dict(e.gold_not_in_labels_rows)):
             lines += ["", f"warning: {warning}"]
     elif e.kind == "json" and e.fields:
         width = _width(f.field for f in e.fields)
@@ -36,15 +37,26 @@ def format_table(evaluation: Evaluation) -> str:
     return "\n".join(lines)
 
 
-def gold_warning(unknown: Mapping[str, int]) -> str | None:
-    """The warning for gold labels outside output.labels (label: rows), None when none."""
+def gold_warning(
+    unknown: Mapping[str, int], where: Mapping[str, Sequence[int]] | None = None
+) -> str | None:
+    """The warning for gold labels outside output.labels (label: rows), None when none;
+    `where` (label: the first few row numbers) names the rows: 'featur' (2 rows: 7, 9)."""
     if not unknown:
         return None
-    shown = ", ".join(f"'{name}' ({n} row{'s' * (n != 1)})" for name, n in unknown.items())
+    shown = ", ".join(_unknown(name, n, (where or {}).get(name)) for name, n in unknown.items())
     return (
         f"gold values not in output.labels: {shown}; no answer can match them, so "
         "those rows count as wrong: usually a typo in the gold column"
     )
+
+
+def _unknown(name: str, rows: int, numbers: Sequence[int] | None) -> str:
+    said = counted(rows, "row")
+    if numbers:
+        more = ", ..." if rows > len(numbers) else ""
+        said += f": {', '.join(map(str, numbers))}{more}"
+    return f"'{name}' ({said})"
 
 
 def _headline(e: Evaluation) -> str:

@@ -24,6 +24,7 @@ from .limiter import REFUSED_STOP_S, Pacer
 from .ratelimit import rate_headers
 from .records import FAILED, OK, PENDING, Request, Result
 from .redact import redact_url
+from .summary import usd
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +63,11 @@ class CostCap:
         if self.reached_usd is None:
             self.reached_usd = spent
         said = (
-            f"spent ${self.reached_usd:.4f} when the budget run.max_cost_usd "
+            f"spent {usd(self.reached_usd)} when the budget run.max_cost_usd "
             f"(${self.cap:g}) was reached"
         )
-        if f"{spent:.4f}" != f"{self.reached_usd:.4f}":
-            said += f"; requests in flight then brought the total to ${spent:.4f}"
+        if usd(spent) != usd(self.reached_usd):
+            said += f"; requests in flight then brought the total to {usd(spent)}"
         self.reason = f"{said}; rerun with a higher budget to continue"
         return self.reason
 

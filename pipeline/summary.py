@@ -7,6 +7,7 @@ store, so a monitor can read the history of a nightly job.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -88,10 +89,21 @@ class Summary:
             self.stopped, self.exit = str(exc), EXIT_STOPPED
         elif isinstance(exc, LockError):
             self.error, self.exit = str(exc), EXIT_LOCKED
-        elif self.requests_sent:
+        elif self.sent:
             self.error, self.exit = str(exc), EXIT_PART_WAY
         else:
             self.error, self.exit = str(exc), EXIT_USAGE
+
+    @property
+    def sent(self) -> bool:
+        """Whether this run has spent: requests sent online or submitted in batches, or batch
+        answers collected (a batch it touched holds some). An error after that exits 5."""
+        return bool(
+            self.requests_sent
+            or self.batch_submitted
+            or self.batch_collected
+            or any(batch.get("completed") for batch in self.batches)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -120,6 +132,20 @@ class Summary:
         if bad and bad > self.fail_threshold * self.rows:
             return EXIT_FAILED_ROWS
         return EXIT_OK
+
+
+def usd(cost: float) -> str:
+    """A cost as the terminal shows it: 4 decimals, more for a small cost, down to its
+    first two digits ($0.0653, $1.2346, $0.000039), so a spend is never shown as $0.0000."""
+    places = 4
+    if cost and math.isfinite(cost):
+        places = min(max(places, 1 - math.floor(math.log10(abs(cost)))), 12)
+    return f"${cost:.{places}f}"
+
+
+def counted(n: int, noun: str) -> str:
+    """'1 row', '3 rows': a count and its noun, plural unless one."""
+    return f"{n:,} {noun}{'s' * (n != 1)}"
 
 
 def summary_path(output: Path) -> Path:

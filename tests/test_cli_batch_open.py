@@ -308,7 +308,7 @@ def test_reparse_over_an_open_batch_says_the_rows_wait_in_it(
     assert ran.code == 1, ran.stderr
     assert "2 of 6 rows have no answer in the store" in ran.summary["error"]
     assert (
-        "2 wait in an open batch, which `pipeline run --set run.mode=batch` collects"
+        "2 wait in an open batch, which `pipeline run CONFIG --set run.mode=batch` collects"
         in (ran.summary["error"])
     )
     assert "changes the requests" not in ran.summary["error"]  # the prompt did not change

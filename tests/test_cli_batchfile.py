@@ -164,7 +164,7 @@ def test_a_failed_line_fails_the_row_and_a_later_run_sends_it_online(
     ran = run_cli("batch", "import", str(config), str(answered), str(errors))
     assert ran.code == 1, ran.stderr
     assert (report(ran)["ok"], report(ran)["failed"]) == (4, 1)
-    assert "1 requests failed in the batch" in ran.stderr and "sends them online" in ran.stderr
+    assert "1 request failed in the batch" in ran.stderr and "sends them online" in ran.stderr
     status = run_cli("status", str(config))
     assert status.code == 1 and report(status)["failed"] == 1 and report(status)["done"] == 5
 
@@ -265,7 +265,7 @@ def test_other_configs_lines_are_skipped_and_unreadable_lines_counted(
     assert [u["line"] for u in found["first_unreadable"]] == [3, 4, 5, 6]
     assert found["first_unreadable"][3]["why"] == "no custom_id"
     assert f"4 lines could not be read, first {results} line 3: not JSON" in ran.stderr
-    assert "skipped 1 lines whose custom_id is no request" in ran.stderr
+    assert "skipped 1 line whose custom_id is no request" in ran.stderr
     # Importing the same file again changes nothing and says so.
     again = report(run_cli("batch", "import", str(config), str(results)))
     assert (again["ok"], again["already_answered"]) == (0, 5)

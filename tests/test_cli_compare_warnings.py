@@ -146,6 +146,7 @@ WARNING = (
     "gold values not in output.labels: 'Refund' (3 rows); no answer can match them, so those "
     "rows count as wrong: usually a typo in the gold column"
 )
+NAMED = WARNING.replace("(3 rows)", "(3 rows: 1, 3, 7)")  # run and reparse name the rows
 
 
 def test_gold_values_outside_the_labels_are_warned_about(tmp_path: Path) -> None:
@@ -168,12 +169,12 @@ def test_gold_values_outside_the_labels_are_warned_about(tmp_path: Path) -> None
         assert evaluation["gold_not_in_labels"] == {"Refund": 3}
         assert evaluation["labels"]["Refund"]["support"] == 3  # still scored, as wrong
         assert evaluation["labels"]["Refund"]["f1"] == 0.0
-        assert f"warning: {WARNING}" in done.stderr
+        assert evaluation["gold_not_in_labels_rows"] == {"Refund": [1, 3, 7]}
+        assert f"warning: {NAMED}" in done.stderr
     assert compared.summary["warnings"] == [WARNING]
     assert f"warning: {WARNING}" in compared.stderr
-    escaped = WARNING.replace("'", "&#x27;")
-    assert escaped in (tmp_path / "run.html").read_text(encoding="utf-8")
-    assert escaped in (tmp_path / "compare.html").read_text(encoding="utf-8")
+    assert NAMED.replace("'", "&#x27;") in (tmp_path / "run.html").read_text(encoding="utf-8")
+    assert WARNING.replace("'", "&#x27;") in (tmp_path / "compare.html").read_text(encoding="utf-8")
 
 
 def test_no_warning_when_every_gold_value_is_a_label(job: Path) -> None:

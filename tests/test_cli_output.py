@@ -116,7 +116,7 @@ def test_failed_rows_say_where_their_errors_are_and_whether_a_rerun_helps(
         assert (ran.summary["failed"], ran.summary["row_errors"]) == (3, 2)
         store = tmp_path / "out/store.db"
         assert (
-            f"1 rows failed; the errors are in the output's _error column and the store "
+            f"1 row failed; the errors are in the output's _error column and the store "
             f"({store}); rerun to retry them"
         ) in ran.stderr
         assert (
@@ -127,7 +127,7 @@ def test_failed_rows_say_where_their_errors_are_and_whether_a_rerun_helps(
         no_meta = run_cli("run", str(config), "--set", "output.include_meta=false")
         assert no_meta.code == 1
         assert f"fails on them); `pipeline status {config}` shows the first" in no_meta.stderr
-        assert "1 rows failed; the errors are in the store" in no_meta.stderr
+        assert "1 row failed; the errors are in the store" in no_meta.stderr
 
 
 def test_limit_below_one_is_refused_before_anything_is_read(tmp_path: Path) -> None:

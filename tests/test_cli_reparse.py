@@ -47,7 +47,7 @@ def test_changed_labels_in_a_template_that_shows_them_leave_the_output_as_it_was
         f"this config makes, so {output} was left as it was; reparse reuses answers only for "
         "unchanged requests, and the prompt uses {{ labels }}, so changing output.labels "
         "changes every request, as changing the prompt, model.name or model.params does; "
-        "`pipeline run` would send them"
+        "`pipeline run CONFIG` would send them"
     )
     assert f"error: {summary['error']}" in again.stderr
     assert f"wrote {output}" not in again.stderr

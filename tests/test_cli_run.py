@@ -103,7 +103,7 @@ def test_client_error_is_recorded_on_the_row_and_retried_next_run(
     config = write_config(tmp_path, server.base_url)
     ran = run_cli("run", str(config))
     assert ran.code == 1
-    assert "1 rows failed" in ran.stderr
+    assert "1 row failed" in ran.stderr
     out = pl.read_parquet(tmp_path / "out/answers.parquet")
     row = out.filter(pl.col("id") == "3")
     assert row["answer"].item() is None and row["_status"].item() == "failed"

@@ -522,7 +522,8 @@ def test_gold_labels_outside_the_labels_are_counted_and_still_scored() -> None:
     assert merge(parts).to_dict() == data
     table = format_table(e).splitlines()
     assert table[-1] == (
-        "warning: gold values not in output.labels: 'refund' (2 rows), 'refnd' (1 row); no "
+        "warning: gold values not in output.labels: 'refund' (2 rows: 2, 3), 'refnd' (1 row: 5); "
+        "no "
         "answer can match them, so those rows count as wrong: usually a typo in the gold column"
     )
 
