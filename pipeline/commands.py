@@ -91,7 +91,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     plan = make_plan(config, show=0)  # opens the store: a damaged or read-only one is named
     check_output(config.output.path, config.input.path)
     if config.output.url is not None:
-        from .objectstore import check_bucket  # s3:// outputs only
+        from .s3output import check_bucket  # s3:// outputs only
 
         check_bucket(config)
     if config.output.repo is not None:

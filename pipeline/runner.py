@@ -130,7 +130,7 @@ async def run(
         sending = None if offline else opened
         check_output(output, config.input.path)
         if config.output.url is not None and limit is None:
-            from .objectstore import check_bucket  # s3:// outputs only
+            from .s3output import check_bucket  # s3:// outputs only
 
             await asyncio.to_thread(check_bucket, config)
         if config.output.repo is not None and limit is None:
@@ -197,7 +197,7 @@ async def run(
                 commit, config, summary, output, summary.input_commit
             )
         if config.output.url is not None and limit is None and not summary.stopped:
-            from .objectstore import upload_output  # s3:// outputs only
+            from .s3output import upload_output  # s3:// outputs only
 
             summary.output_url = await asyncio.to_thread(upload_output, config, output)
         if report is not None:

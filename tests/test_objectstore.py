@@ -14,7 +14,8 @@ from fake_s3 import ACCESS_KEY, SECRET_KEY, FakeS3
 from pipeline.config import Config, StorageOptions
 from pipeline.configfile import load
 from pipeline.errors import ConfigError, InputError, OutputError
-from pipeline.objectstore import S3Url, Session, check_bucket, fetch_input, upload_output
+from pipeline.objectstore import S3Url, Session, fetch_input
+from pipeline.s3output import check_bucket, upload_output
 
 BASE = """\
 input:
