@@ -148,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run.mode batch: submit the batches and exit without writing the output (0 "
         "unless rows failed or the budget held requests back); the summary, written beside "
-        "the output, counts the rows in batches as pending; a later run collects them",
+        "the output, counts the rows in batches as pending; a later run collects them "
+        "(give --report to that run: with no output to report on, --detach refuses it)",
     )
     sub = command(
         "compare",

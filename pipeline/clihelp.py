@@ -54,7 +54,10 @@ CHECK_EPILOG = """exit codes:
 """
 
 VALIDATE_EPILOG = """prints an ok line once every check passed, then any warning (the rows the
-template fails on) and what the model check found.
+template fails on) and what the model check found. With run.engine ray it also checks that
+Ray is installed and that a cluster's address (run.ray.address or RAY_ADDRESS) accepts
+connections, starting nothing; an s3:// output is proved writable (an empty probe object
+written beside it and deleted) and an oxen:// output's repository and branch are looked up.
 
 exit codes:
   0    every check passed
@@ -68,9 +71,10 @@ exit codes:
 """
 
 STATUS_EPILOG = """prints one JSON object: rows, done, invalid (answered, but the answer does not
-parse under the current output settings), failed, pending, skipped (prompt.skip_null),
-row_errors (rows the template fails on) and first_row_error, the store, last_run
-(date, command and exit_code of the run log's last line; null before the first run), and
+parse under the current output settings), failed, pending (batch_pending of them wait in
+open batches), skipped (prompt.skip_null), row_errors (rows the template fails on) and
+first_row_error, the store, last_run (date, command and exit_code of the run log's last
+line; null before the first run), and
 batches: those not collected yet (run.mode batch) with id, state, requests, completed,
 failed, age_s and deadline_in_s, as the last run or poll left them (status sends nothing);
 deadline_in_s counts to the config's run.batch.deadline (with --set as given) after the
