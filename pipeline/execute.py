@@ -25,11 +25,11 @@ from .checks import api_key
 from .config import Config
 from .engine import Engine, LocalEngine
 from .errors import ConfigError, PipelineError
-from .evaluate import merge
 from .job import Chunk, Job
 from .lock import Lock
 from .progress import Progress
 from .render import Renderer
+from .scores import merge
 from .scoretable import format_table
 from .store import Store
 from .summary import Summary

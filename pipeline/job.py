@@ -23,13 +23,14 @@ from .answers import answer_columns, traced
 from .config import Config
 from .dispatch import Dispatcher, Pool
 from .errors import OutputError, RowError
-from .evaluate import Evaluation, score
+from .evaluate import score
 from .memo import Memo
 from .parse import Parser
 from .progress import Progress
 from .reask import Reasker
 from .records import FAILED, INVALID, OK, PENDING, SKIPPED, Request, Result
 from .render import Renderer
+from .scores import Evaluation
 from .sender import Counters
 from .store import Store, Writer
 from .summary import Summary, usd

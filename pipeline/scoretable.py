@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from .evaluate import Evaluation
+from .scores import Evaluation
 from .summary import counted
 
 _NAME_WIDTH = 24

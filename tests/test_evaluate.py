@@ -15,16 +15,9 @@ from hypothesis import strategies as st
 from pipeline import evaluate, parse
 from pipeline.agreement import agreement, cohen_kappa, missing, percentile
 from pipeline.config import OutputConfig
-from pipeline.evaluate import (
-    NO_ANSWER,
-    Evaluation,
-    FieldScore,
-    LabelScore,
-    label_key,
-    merge,
-    score,
-)
+from pipeline.evaluate import label_key, score
 from pipeline.parse import norm_label
+from pipeline.scores import NO_ANSWER, Evaluation, FieldScore, LabelScore, merge
 from pipeline.scoretable import format_table
 
 LABELS = ["billing", "bug", "feature_request", "other"]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from pipeline.evaluate import merge, score
+from pipeline.evaluate import score
+from pipeline.scores import merge
 from pipeline.scoretable import format_table, gold_warning
 
 LABELS = ["billing", "bug"]
