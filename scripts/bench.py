@@ -12,27 +12,27 @@ writes them, with the run's conditions, into docs/performance.md between its mar
                             [--s5-sizes 100000,1000000] [--s5-resume-rows N]
                             [--s6-rows 20000] [--workdir DIR]
 
-S1 zero-latency throughput: CLI vs raw httpx vs raw aiohttp. S2 client told the server's
-limit (3,000 RPM, 400,000 TPM, 10 s sliding window, 50 ms latency). S3 injected 5xx, drops
-and truncated bodies. S4a/S4b the limit not told, the server sends rate headers (a) or bare
-429s (b). S4c the limit not told, a 60 s sliding window and bare 429s: the limit must be
-learnt over several minutes (12,000 rows; the share of the limit is measured after the first
-two windows, and for the learning phase from 0 s and 60 s). S5 peak RSS over 100 k / 1 M /
-10 M Parquet rows, and a resume over 1 M stored rows (from the memo, then again row by row
-with the memo cleared). S6 the Ray engine (4 workers, `run.engine: ray`, a local Ray started
-by the run) beside the local engine, told the server's limit (3,000 RPM, 10 s sliding window,
-50 ms latency): the share of the limit after the first 10 s, and the 429s; 4,000 rows per
-engine (~80 s) where 20,000 are specified (--s6-rows 20000: ~7 minutes each). S7 the same
-two engines at zero latency and no limit: rows/s, CPU per 1k rows of the client and every
-process it starts, and Ray's fixed start-up cost (ray_start_s, wall less the server's span,
-CPU from a quarter-size run) and what one Ray actor call costs here (scripts/bench_raycall.py:
-the floor under each exchange of a Ray worker with the driver), then both again with the client and its processes free to use
-both CPUs (the mock keeps CPU 1): the issue asks that on this 2-core machine Ray not lose
-throughput, checked on the steady rate (rows / server span). S8 a real gateway: the LiteLLM
-proxy (installed once into .bench/litellm-VERSION/, a per-key limit set by a custom_auth
-module, its fixed 60 s window) in front of an unlimited mock, three cases (600 RPM told, 600
-RPM not told, 9,000 TPM told), each beside the same case on the bench mock as the gateway (60
-s sliding window, headers).
+S1 zero-latency throughput: CLI vs raw httpx vs raw aiohttp. S2 client told the server's limit
+(3,000 RPM, 400,000 TPM, 10 s sliding window, 50 ms latency). S3 injected 5xx, drops and
+truncated bodies. S4a/S4b the limit not told, the server sends rate headers (a) or bare 429s
+(b). S4c the limit not told, a 60 s sliding window and bare 429s: the limit must be learnt over
+several minutes (12,000 rows; the share of the limit is measured after the first two windows,
+and for the learning phase from 0 s and 60 s). S5 peak RSS over 100 k / 1 M / 10 M Parquet
+rows, and a resume over 1 M stored rows (from the memo, then again row by row with the memo
+cleared). S6 the Ray engine (4 workers, `run.engine: ray`, a local Ray started by the run)
+beside the local engine, told the server's limit (3,000 RPM, 10 s sliding window, 50 ms
+latency): the share of the limit after the first 10 s, and the 429s; 4,000 rows per engine (~80
+s) where 20,000 are specified (--s6-rows 20000: ~7 minutes each). S7 the same two engines at
+zero latency and no limit: rows/s, CPU per 1k rows of the client and every process it starts,
+and Ray's fixed start-up cost (ray_start_s, wall less the server's span, CPU from a
+quarter-size run) and what one Ray actor call costs here (scripts/bench_raycall.py: the floor
+under each exchange of a Ray worker with the driver), then both again with the client and its
+processes free to use both CPUs (the mock keeps CPU 1): the issue asks that on this 2-core
+machine Ray not lose throughput, checked on the steady rate (rows / server span). S8 a real
+gateway: the LiteLLM proxy (installed once into .bench/litellm-VERSION/, a per-key limit set by
+a custom_auth module, its fixed 60 s window) in front of an unlimited mock, three cases (600
+RPM told, 600 RPM not told, 9,000 TPM told), each beside the same case on the bench mock as the
+gateway (60 s sliding window, headers).
 The header names the git commit and a hash of pipeline/*.py; a line is flagged when that code
 changed during the run, or when other processes kept the CPUs busy while it ran.
 """
